@@ -1,0 +1,46 @@
+//! farcall's default evaluator: CPython embedded in the server process.
+//!
+//! [`EmbeddedEvaluator`] implements [`farcall_core::Evaluator`] with the
+//! Python the build was configured with ([`BUILD_PYTHON`]); each
+//! [`EmbeddedSession`] keeps the objects it handed out by reference until the
+//! client releases them or the session is dropped.
+//!
+//! What travels by value: exactly `None`, `bool`, `int` (any size), `float`,
+//! `complex`, `str`, `bytes` (large ones shared with Python, not copied),
+//! tuples (whose elements may be references) and frozensets of values;
+//! subclasses of these and everything else travel as references. Exceptions
+//! travel as [`RemoteException`](farcall_core::RemoteException)s with the
+//! formatted traceback.
+//!
+//! ```
+//! use farcall_backend_embedded::EmbeddedEvaluator;
+//! use farcall_core::{EvalSession, Evaluator, Request, Target, Value};
+//!
+//! let evaluator = EmbeddedEvaluator::start()?;
+//! let session = evaluator.open_session(1);
+//! let Value::SenderObject(math) = session.evaluate(Request::GetModule { name: "math".into() })? else {
+//!     unreachable!("a module travels by reference")
+//! };
+//! let pow = Target { id: math.id, path: vec!["pow".into()] };
+//! let nine = session.evaluate(Request::Call { target: pow, args: vec![Value::Int(3), Value::Int(2)], kwargs: vec![] })?;
+//! assert_eq!(nine, Value::Float(9.0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Binaries that link this crate load `libpython` by soname; give them an
+//! rpath to the build Python's library directory (this crate's build script
+//! does so for its own tests) or they may load another Python of the same
+//! version.
+
+mod convert;
+mod evaluator;
+mod interpreter;
+mod session;
+
+pub use evaluator::EmbeddedEvaluator;
+pub use session::EmbeddedSession;
+
+/// The Python interpreter this crate was built against (the `executable` of
+/// pyo3's build configuration). The embedded interpreter takes it as its
+/// program name, and so computes the same `sys.prefix` as that interpreter.
+pub const BUILD_PYTHON: &str = env!("FARCALL_BUILD_PYTHON");

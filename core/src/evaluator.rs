@@ -1,0 +1,77 @@
+//! The [`Evaluator`] trait: the seam between the server and the Python (or
+//! fake) that performs requests.
+//!
+//! # Contract
+//!
+//! - The server holds one `Arc<dyn Evaluator>` for its lifetime and calls
+//!   [`Evaluator::open`] once per client connection. The returned
+//!   [`EvalSession`] owns everything that session created: its object table
+//!   and its namespace. Dropping it releases all of that; sessions never see
+//!   each other's objects.
+//! - [`EvalSession::evaluate`] performs one request and blocks until it is
+//!   done. It may be called from several threads at once for one session
+//!   (calls on one connection overlap); the evaluator serializes internally
+//!   where it must (the embedded interpreter's GIL). It must not panic on any
+//!   request: every failure, including "no such object" and protocol misuse,
+//!   is a [`RemoteException`].
+//! - Objects that travel by reference are recorded in the session's export
+//!   table and sent as [`Value::SenderObject`]; each sending counts once.
+//!   [`EvalSession::release`] gives counts back; an object is dropped when its
+//!   count reaches zero. Ids are never reused within a session.
+//! - Policy (for example refusing attribute assignment) is enforced by the
+//!   server before `evaluate` is called; evaluators perform what they are asked.
+
+use std::fmt;
+
+use crate::message::{Release, Request};
+use crate::transport::PeerInfo;
+use crate::value::{RemoteException, Value};
+
+/// What an evaluator is, for the handshake and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The backend's name (`embedded`, `subprocess`, `fake`).
+    pub name: String,
+    /// The evaluating Python's version (`3.11.7`), or empty without Python.
+    pub python_version: String,
+    /// The evaluating Python's `sys.prefix`.
+    pub python_prefix: String,
+    /// The evaluating Python's executable.
+    pub python_executable: String,
+}
+
+/// What an evaluator knows of the session it opens.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The server's id for the session (as in its logs).
+    pub id: u64,
+    /// The client.
+    pub peer: PeerInfo,
+}
+
+/// Why an evaluator could not start or open a session.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The backend could not start (interpreter missing, wrong version, ...).
+    #[error("evaluator failed to start: {0}")]
+    Startup(String),
+    /// A session could not be opened.
+    #[error("could not open an evaluation session: {0}")]
+    Session(String),
+}
+
+/// A backend that evaluates requests. See the module docs for the contract.
+pub trait Evaluator: Send + Sync + fmt::Debug {
+    /// Describes the backend.
+    fn info(&self) -> BackendInfo;
+    /// Opens the state of one client session.
+    fn open(&self, session: &SessionInfo) -> Result<Box<dyn EvalSession>, EvalError>;
+}
+
+/// The evaluation state of one client session.
+pub trait EvalSession: Send + Sync {
+    /// Performs one request.
+    fn evaluate(&self, request: Request) -> Result<Value, RemoteException>;
+    /// Gives back references the client dropped.
+    fn release(&self, refs: &[Release]);
+}

@@ -1,0 +1,198 @@
+// The wire codec and framing: round trips, zero-copy bytes, and hostile input.
+
+use bytes::Bytes;
+use farcall_core::codec::{self, decode, encode, DecodeError};
+use farcall_core::framing::{read_frame, write_frame, FrameError};
+use farcall_core::{LazyAttr, LazyKind, Message, RefDesc, Release, RemoteException, Request, Target, Value};
+use proptest::prelude::*;
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::None),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        proptest::collection::vec(any::<u8>(), 1..40).prop_map(|b| Value::BigInt(b.into())),
+        any::<f64>().prop_map(Value::Float),
+        (any::<f64>(), any::<f64>()).prop_map(|(a, b)| Value::Complex(a, b)),
+        ".*".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| Value::Bytes(b.into())),
+        (any::<u64>(), "[a-z.]{0,20}", any::<u8>(), proptest::collection::vec(("[a-z_]{1,8}", 0..3u8, "[a-z.]{1,8}"), 0..4)).prop_map(|(id, t, flags, attrs)| {
+            Value::SenderObject(RefDesc {
+                id,
+                type_name: t,
+                flags,
+                attrs: attrs
+                    .into_iter()
+                    .map(|(name, k, m)| LazyAttr {
+                        name,
+                        kind: match k {
+                            0 => LazyKind::Callable,
+                            1 => LazyKind::Class,
+                            _ => LazyKind::Module(m),
+                        },
+                    })
+                    .collect(),
+            })
+        }),
+        (any::<u64>(), proptest::collection::vec("[a-z_]{1,8}", 0..3)).prop_map(|(id, path)| Value::ReceiverObject(Target { id, path })),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
+            proptest::collection::vec(inner, 0..8).prop_map(Value::FrozenSet),
+        ]
+    })
+}
+
+fn arb_target() -> impl Strategy<Value = Target> {
+    (any::<u64>(), proptest::collection::vec(".{0,8}", 0..3)).prop_map(|(id, path)| Target { id, path })
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    let request = prop_oneof![
+        ".*".prop_map(|name| Request::GetModule { name }),
+        (arb_target(), ".*").prop_map(|(target, name)| Request::GetAttr { target, name }),
+        (arb_target(), ".*", arb_value()).prop_map(|(target, name, value)| Request::SetAttr { target, name, value }),
+        (arb_target(), ".*").prop_map(|(target, name)| Request::DelAttr { target, name }),
+        (arb_target(), proptest::collection::vec(arb_value(), 0..4), proptest::collection::vec((".{0,6}", arb_value()), 0..3))
+            .prop_map(|(target, args, kwargs)| Request::Call { target, args, kwargs }),
+        arb_target().prop_map(|target| Request::Repr { target }),
+        arb_target().prop_map(|target| Request::Str { target }),
+        Just(Request::Stats),
+    ];
+    let exc = (".*", ".*", proptest::collection::vec(arb_value(), 0..3), ".*", ".*").prop_map(|(m, n, args, message, traceback)| RemoteException {
+        type_module: m,
+        type_name: n,
+        args,
+        message,
+        traceback,
+    });
+    prop_oneof![
+        (any::<u64>(), request).prop_map(|(id, op)| Message::Request { id, op }),
+        (any::<u64>(), arb_value()).prop_map(|(id, v)| Message::Reply { id, result: Ok(v) }),
+        (any::<u64>(), exc).prop_map(|(id, e)| Message::Reply { id, result: Err(e) }),
+        proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10)
+            .prop_map(|r| Message::Release(r.into_iter().map(|(id, count)| Release { id, count }).collect())),
+    ]
+}
+
+proptest! {
+    // NaN != NaN, so equality is checked on the re-encoded bytes.
+    #[test]
+    fn messages_round_trip(msg in arb_message()) {
+        let bytes = encode(&msg).to_bytes();
+        let back = decode(bytes.clone()).expect("decodes");
+        prop_assert_eq!(encode(&back).to_bytes(), bytes);
+    }
+
+    #[test]
+    fn values_round_trip(v in arb_value()) {
+        let bytes = codec::encode_value(&v);
+        let back = codec::decode_value(bytes.clone()).expect("decodes");
+        prop_assert_eq!(codec::encode_value(&back), bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(data.into());
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(msg in arb_message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let mut bytes = encode(&msg).to_bytes().to_vec();
+        for (i, b) in flips {
+            let n = bytes.len();
+            bytes[i % n] = b;
+        }
+        let _ = decode(bytes.into());
+    }
+
+    #[test]
+    fn framing_round_trips(msgs in proptest::collection::vec(arb_message(), 1..5)) {
+        let mut wire = Vec::new();
+        for m in &msgs {
+            write_frame(&mut wire, &encode(m)).unwrap();
+        }
+        let mut r = &wire[..];
+        for m in &msgs {
+            let body = read_frame(&mut r, 1 << 20).unwrap();
+            prop_assert_eq!(body, encode(m).to_bytes());
+        }
+        prop_assert!(matches!(read_frame(&mut r, 1 << 20), Err(FrameError::Closed)));
+    }
+}
+
+#[test]
+fn plain_values_are_exact() {
+    for v in [
+        Value::Int(i64::MIN),
+        Value::Int(i64::MAX),
+        Value::Float(f64::INFINITY),
+        Value::Float(-0.0),
+        Value::Str("é∑🚀".into()),
+        Value::Tuple(vec![]),
+    ] {
+        assert_eq!(codec::decode_value(codec::encode_value(&v)).unwrap(), v);
+    }
+    let nan = codec::decode_value(codec::encode_value(&Value::Float(f64::NAN))).unwrap();
+    assert!(matches!(nan, Value::Float(f) if f.is_nan()));
+}
+
+#[test]
+fn large_bytes_are_not_copied() {
+    let payload = Bytes::from(vec![7u8; 1 << 20]);
+    let msg = Message::Reply { id: 9, result: Ok(Value::Bytes(payload.clone())) };
+    let frame = encode(&msg);
+    // The payload is its own chunk: the same memory, not a copy.
+    assert!(frame.chunks().iter().any(|c| c.as_ptr() == payload.as_ptr()));
+    let body = frame.to_bytes();
+    let Message::Reply { result: Ok(Value::Bytes(b)), .. } = decode(body.clone()).unwrap() else { panic!("not bytes") };
+    assert_eq!(b.len(), 1 << 20);
+    // The decoded value is a slice of the received frame.
+    let start = body.as_ptr() as usize;
+    assert!((b.as_ptr() as usize) >= start && (b.as_ptr() as usize) < start + body.len());
+}
+
+#[test]
+fn impossible_counts_are_refused_before_allocation() {
+    // An array32 claiming 4 billion elements in a 10-byte frame.
+    let bytes = vec![0x93, 0x01, 0x01, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00];
+    assert_eq!(decode(bytes.into()), Err(DecodeError::Truncated));
+    // A bin32 claiming 4 GiB.
+    let bytes = vec![0x93, 0x01, 0x01, 0xc6, 0xff, 0xff, 0xff, 0xff];
+    assert_eq!(decode(bytes.into()), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let mut bytes = vec![0x93, 0x01, 0x01];
+    bytes.extend(std::iter::repeat_n(0x91, 10_000));
+    bytes.push(0xc0);
+    assert_eq!(decode(bytes.into()), Err(DecodeError::TooDeep));
+}
+
+#[test]
+fn unknown_operation_keeps_the_request_id() {
+    // [0, 42, 99] : a request with id 42 for opcode 99.
+    let bytes = vec![0x93, 0x00, 42, 99];
+    assert_eq!(decode(bytes.into()), Err(DecodeError::UnknownOp { id: 42, op: 99 }));
+}
+
+#[test]
+fn frames_over_the_limit_are_refused_before_reading() {
+    let wire = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+    match read_frame(&mut &wire[..], 1024) {
+        Err(FrameError::TooLarge { len, max }) => {
+            assert_eq!((len, max), (0xffff_ffff, 1024));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_frames_are_reported() {
+    let wire = [0, 0, 0, 10, 1, 2, 3];
+    assert!(matches!(read_frame(&mut &wire[..], 1024), Err(FrameError::Truncated { got: 3, want: 10 })));
+    let wire = [0, 0];
+    assert!(matches!(read_frame(&mut &wire[..], 1024), Err(FrameError::Truncated { got: 2, want: 4 })));
+}

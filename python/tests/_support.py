@@ -1,0 +1,335 @@
+"""Helpers shared by the farcall test suite: real servers, threads with deadlines.
+
+Everything here talks to processes and sockets on 127.0.0.1 only, binds port 0
+(never a fixed port), and waits on events with deadlines instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import math
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: How long a server may take to print its listening line.
+STARTUP_TIMEOUT_S = 60.0
+#: How long a server may take to exit after SIGTERM/SIGINT.
+STOP_TIMEOUT_S = 15.0
+#: How long an operation that must not hang (a failing call, a close) may take.
+PROMPT_S = 10.0
+
+LISTENING_RE = re.compile(r"^farcall listening on (?P<url>tcp://(?P<host>[^\s]+):(?P<port>\d+))\s*$")
+
+# Proxy variables would make the server's urllib talk to a proxy instead of
+# to our local hanging endpoint; the servers we start never need them.
+_DROPPED_ENV = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def farcall_bin() -> Path:
+    """The server binary under test: $FARCALL_BIN, else <repo>/target/debug/farcall."""
+    return Path(os.environ.get("FARCALL_BIN") or REPO / "target" / "debug" / "farcall")
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _DROPPED_ENV}
+    env.setdefault("RUST_BACKTRACE", "1")
+    env.setdefault("NO_COLOR", "1")  # plain log text, for the failure messages
+    env.update(extra or {})
+    return env
+
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_server_numbers = itertools.count(1)
+
+
+@dataclass
+class Server:
+    """A running `farcall serve` process and what it printed."""
+
+    process: subprocess.Popen
+    urls: list[str]
+    log_path: Path
+    _stdout_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """First listener, e.g. 'tcp://127.0.0.1:40123'."""
+        return self.urls[0]
+
+    @property
+    def address(self) -> str:
+        """First listener as 'host:port', e.g. '127.0.0.1:40123'."""
+        return self.url.removeprefix("tcp://")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def describe(self) -> str:
+        tail = "\n".join(self.log().splitlines()[-40:])
+        return f"farcall server pid {self.pid} ({self.url}); stderr tail:\n{tail}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Send `sig` and wait for the exit code; SIGKILL and fail if it does not exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server did not exit within {timeout}s of signal {sig}\n{self.describe()}") from None
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash or an OOM kill would; returns once the process is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait()
+
+
+def start_server(
+    args: Sequence[str] = ("--listen", "tcp://127.0.0.1:0"),
+    *,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    listeners: int = 1,
+    timeout: float = STARTUP_TIMEOUT_S,
+) -> Server:
+    """Start `farcall serve ARGS...` and wait until it printed `listeners` listening lines."""
+    binary = farcall_bin()
+    if not binary.is_file():
+        raise AssertionError(
+            f"farcall binary not found at {binary}: build it with `cargo build -p farcall-server`"
+            " or point FARCALL_BIN at it"
+        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"farcall-serve-{next(_server_numbers)}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(binary), "serve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=server_env(env),
+            preexec_fn=_die_with_parent,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def pump() -> None:  # keeps draining stdout so the server never blocks on it
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            seen.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, name=f"farcall-stdout-{process.pid}", daemon=True).start()
+
+    server = Server(process, [], log_path, seen)
+    deadline = _Deadline(timeout)
+    while len(server.urls) < listeners:
+        try:
+            line = lines.get(timeout=deadline.remaining())
+        except queue.Empty:
+            server.kill()
+            raise AssertionError(
+                f"farcall serve printed no listening line within {timeout}s\n{server.describe()}"
+            ) from None
+        if line is None:
+            code = process.wait()
+            raise AssertionError(
+                f"farcall serve exited with code {code} before listening\nstdout: {seen!r}\n{server.describe()}"
+            )
+        match = LISTENING_RE.match(line)
+        if match:
+            server.urls.append(match["url"])
+    return server
+
+
+def run_farcall(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None):
+    """Run `farcall ARGS...` to completion; fail (and kill it) if it runs past `timeout`."""
+    try:
+        return subprocess.run(
+            [str(farcall_bin()), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=server_env(env),
+            preexec_fn=_die_with_parent,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(
+            f"`farcall {' '.join(args)}` still running after {timeout}s (stdout: {e.stdout!r}, stderr: {e.stderr!r})"
+        ) from None
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+
+class InThread:
+    """Run `fn(*args, **kwargs)` in a daemon thread, recording its result or exception.
+
+    Used for anything that could hang if the code under test is wrong: the test
+    joins with a deadline and fails instead of hanging.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.result = fn(*args, **kwargs)
+            except BaseException as e:
+                self.error = e
+            finally:
+                self._done.set()
+
+        self._thread = threading.Thread(target=run, name=f"in-thread-{fn!r:.40}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float = PROMPT_S) -> bool:
+        """True if the call finished within `timeout` seconds."""
+        return self._done.wait(timeout)
+
+    def outcome(self, timeout: float = PROMPT_S, what: str = "the call") -> Any:
+        """The call's result, re-raising its exception; fails if it did not finish in time."""
+        if not self.join(timeout):
+            raise AssertionError(f"{what} did not finish within {timeout}s (a hang)")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def finishes(fn: Callable[..., Any], *args: Any, within: float = PROMPT_S, **kwargs: Any) -> Any:
+    """Call fn(*args, **kwargs) in a thread; its result, or its exception, within `within` seconds.
+
+    Fails the test (instead of hanging it) if the call does not finish in time.
+    """
+    return InThread(fn, *args, **kwargs).outcome(within, what=f"{fn!r:.60}")
+
+
+class HangingHttpEndpoint:
+    """A local HTTP endpoint that accepts one request and never answers it.
+
+    A remote `urllib.request.urlopen(endpoint.url)` blocks on the server until
+    `release()`; `wait_for_request()` returning proves the remote call is in
+    flight, without any sleep.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(PROMPT_S * 3)
+        self._peer: socket.socket | None = None
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/farcall-test"
+
+    def wait_for_request(self, timeout: float = PROMPT_S * 3) -> None:
+        self._listener.settimeout(timeout)
+        try:
+            self._peer, _ = self._listener.accept()
+        except TimeoutError:
+            raise AssertionError(f"the remote call never reached {self.url} within {timeout}s") from None
+        self._peer.settimeout(timeout)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = self._peer.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        assert received.startswith(b"GET /farcall-test"), received
+
+    def release(self) -> None:
+        """Close our side: the remote urlopen gets EOF and returns with an error."""
+        for sock in (self._peer, self._listener):
+            if sock is not None:
+                sock.close()
+
+    def __enter__(self) -> HangingHttpEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def start_hanging_call(conn: Any, endpoint: HangingHttpEndpoint) -> InThread:
+    """Start a remote call on `conn` that blocks on `endpoint`; returns once it is in flight."""
+    urlopen = conn.modules["urllib.request"].urlopen
+    call = InThread(urlopen, endpoint.url, timeout=120)
+    endpoint.wait_for_request()
+    return call
+
+
+def assert_same_value(got: Any, expected: Any) -> None:
+    """`got` equals `expected` with the exact same type, recursively.
+
+    NaN equals NaN here, and the sign of zero must match.
+    """
+    assert type(got) is type(expected), f"{got!r}: type {type(got).__name__}, expected {type(expected).__name__}"
+    if isinstance(expected, float):
+        if math.isnan(expected):
+            assert math.isnan(got), f"{got!r} is not nan"
+        else:
+            assert got == expected and math.copysign(1.0, got) == math.copysign(1.0, expected), (got, expected)
+    elif isinstance(expected, complex):
+        assert_same_value(got.real, expected.real)
+        assert_same_value(got.imag, expected.imag)
+    elif isinstance(expected, tuple):
+        assert len(got) == len(expected), (got, expected)
+        for g, e in zip(got, expected):
+            assert_same_value(g, e)
+    elif isinstance(expected, frozenset):
+        assert _fingerprint(got) == _fingerprint(expected), (got, expected)
+    else:
+        assert got == expected, (got, expected)
+
+
+def _fingerprint(value: Any) -> Any:
+    """A hashable description of a value that tells 1 from True and 1.0."""
+    if isinstance(value, (tuple, frozenset)):
+        parts = tuple(_fingerprint(v) for v in value)
+        return (type(value).__name__, frozenset(parts) if isinstance(value, frozenset) else parts)
+    return (type(value).__name__, value)

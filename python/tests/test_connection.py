@@ -1,0 +1,318 @@
+"""Connections: the public API, closing, server_info, losing the server mid-call,
+many threads on one connection, and independent connections."""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import farcall
+import pytest
+from _support import PROMPT_S, HangingHttpEndpoint, InThread, Server, finishes, start_hanging_call
+
+# -- the public API ------------------------------------------------------------
+
+
+def test_public_names_and_exception_hierarchy() -> None:
+    for name in ("connect", "Connection", "Proxy", "FarcallError", "RemoteError", "PolicyError", "ConnectionLost"):
+        assert hasattr(farcall, name), name
+    assert issubclass(farcall.PolicyError, farcall.FarcallError)
+    assert issubclass(farcall.PolicyError, PermissionError)
+    assert issubclass(farcall.ConnectionLost, farcall.FarcallError)
+    assert issubclass(farcall.ConnectionLost, ConnectionError)
+
+
+def test_connect_takes_keyword_only_options() -> None:
+    try:
+        parameters = inspect.signature(farcall.connect).parameters
+    except (TypeError, ValueError):
+        pytest.skip("farcall.connect has no introspectable signature")
+    for name in ("timeout", "ca", "cert", "key", "server_name", "config"):
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert parameters[name].default is None, name
+
+
+def test_package_is_typed() -> None:
+    assert importlib.resources.files("farcall").joinpath("py.typed").is_file()
+
+
+# -- opening and closing -------------------------------------------------------
+
+
+def test_close_is_idempotent(server: Server) -> None:
+    conn = farcall.connect(server.address)
+    conn.close()
+    conn.close()
+    assert conn.closed is True
+
+
+def test_context_manager_closes(server: Server) -> None:
+    with farcall.connect(server.address) as conn:
+        assert isinstance(conn, farcall.Connection)
+        assert conn.closed is False
+        assert conn.modules.math.pow(3, 2) == 9.0
+    assert conn.closed is True
+    conn.close()  # still idempotent
+
+
+def test_context_manager_closes_when_the_block_raises(server: Server) -> None:
+    with pytest.raises(RuntimeError):
+        with farcall.connect(server.address) as conn:
+            raise RuntimeError("boom")
+    assert conn.closed is True
+
+
+def test_calls_after_close_raise_connection_lost(server: Server) -> None:
+    conn = farcall.connect(server.address)
+    remote_math = conn.modules.math
+    remote_pow = remote_math.pow
+    conn.close()
+    with pytest.raises(farcall.ConnectionLost):
+        finishes(remote_pow, 3, 2)
+    with pytest.raises(farcall.ConnectionLost):
+        finishes(getattr, remote_math, "sqrt")
+    with pytest.raises(farcall.ConnectionLost):
+        finishes(getattr, conn.modules, "json")
+
+
+def test_connect_with_a_timeout(server: Server) -> None:
+    with farcall.connect(server.address, timeout=30.0) as conn:
+        assert conn.modules.math.pow(3, 2) == 9.0
+
+
+def test_connect_to_a_closed_port_fails_promptly() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    # Nothing listens there now (the port was just released).
+    with pytest.raises((farcall.FarcallError, OSError)):
+        finishes(farcall.connect, f"127.0.0.1:{port}", timeout=5.0)
+
+
+def test_connect_to_a_silent_peer_times_out() -> None:
+    """A peer that accepts TCP but never answers the handshake makes connect fail, not hang."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        attempt = InThread(farcall.connect, f"127.0.0.1:{port}", timeout=1.0)
+        assert attempt.join(30), "connect(timeout=1.0) to a peer that never answers hung"
+    assert attempt.error is not None, "connect to a silent peer succeeded"
+    assert isinstance(attempt.error, (farcall.FarcallError, OSError)), repr(attempt.error)
+
+
+# -- server_info: which Python answers -----------------------------------------
+
+
+def _build_python() -> dict[str, str]:
+    """Version and prefixes of the interpreter the server was built against (PYO3_PYTHON)."""
+    python = os.environ.get("PYO3_PYTHON") or sys.executable
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import platform, sys; print(platform.python_version()); print(sys.prefix); print(sys.base_prefix)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.splitlines()
+    return {"version": out[0], "prefix": out[1], "base_prefix": out[2]}
+
+
+def test_server_info(conn: farcall.Connection) -> None:
+    info = conn.server_info
+    assert isinstance(info, dict)
+    for key in ("protocol", "farcall_version", "python_version", "python_prefix", "python_executable", "backend"):
+        assert key in info, key
+    assert info["backend"] == "embedded"
+    assert isinstance(info["farcall_version"], str) and info["farcall_version"]
+    assert isinstance(info["python_executable"], str)
+
+
+def test_server_info_matches_the_remote_interpreter(conn: farcall.Connection) -> None:
+    info = conn.server_info
+    assert info["python_version"] == conn.modules.platform.python_version()
+    assert info["python_prefix"] == conn.modules.sys.prefix
+
+
+def test_embedded_python_is_the_one_the_build_used(conn: farcall.Connection) -> None:
+    """A binary that loads another libpython of the same soname reports another version or prefix."""
+    built = _build_python()
+    info = conn.server_info
+    assert info["python_version"] == built["version"]
+    expected_prefixes = {os.path.realpath(built["prefix"]), os.path.realpath(built["base_prefix"])}
+    assert os.path.realpath(info["python_prefix"]) in expected_prefixes
+    assert os.path.realpath(conn.modules.sys.base_prefix) == os.path.realpath(built["base_prefix"])
+
+
+# -- losing the server ---------------------------------------------------------
+
+
+def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -> None:
+    srv = start_extra_server()
+    conn = farcall.connect(srv.address)
+    try:
+        assert conn.modules.math.pow(3, 2) == 9.0
+        sleep = conn.modules.time.sleep
+        call = InThread(sleep, 30)
+        srv.kill()  # whether or not the request left yet, the answer is ConnectionLost
+        with pytest.raises(farcall.ConnectionLost):
+            call.outcome(PROMPT_S, "a call whose server was killed")
+        with pytest.raises(farcall.ConnectionLost):
+            finishes(lambda: conn.modules.math.pow(3, 2))
+    finally:
+        finishes(conn.close)
+
+
+def test_server_killed_mid_call_raises_connection_lost(start_extra_server) -> None:
+    """The call is provably running on the server (it reached our endpoint) when the server dies."""
+    srv = start_extra_server()
+    conn = farcall.connect(srv.address)
+    try:
+        with HangingHttpEndpoint() as endpoint:
+            call = start_hanging_call(conn, endpoint)
+            srv.kill()
+            with pytest.raises(farcall.ConnectionLost):
+                call.outcome(PROMPT_S, "a call whose server was killed")
+        assert conn.closed is True
+    finally:
+        finishes(conn.close)
+
+
+def test_close_during_a_call_raises_connection_lost(start_extra_server) -> None:
+    srv = start_extra_server()
+    conn = farcall.connect(srv.address)
+    with HangingHttpEndpoint() as endpoint:
+        call = start_hanging_call(conn, endpoint)
+        finishes(conn.close)
+        with pytest.raises(farcall.ConnectionLost):
+            call.outcome(PROMPT_S, "a call on a connection closed under it")
+    with farcall.connect(srv.address) as other:
+        assert other.modules.math.pow(3, 2) == 9.0
+
+
+def test_server_stopped_with_sigterm_while_a_client_is_connected(start_extra_server) -> None:
+    srv = start_extra_server()
+    conn = farcall.connect(srv.address)
+    assert conn.modules.math.pow(3, 2) == 9.0
+    assert srv.stop() == 0, srv.describe()
+    with pytest.raises(farcall.ConnectionLost):
+        finishes(lambda: conn.modules.math.pow(3, 2))
+    finishes(conn.close)
+
+
+# -- concurrency ---------------------------------------------------------------
+
+
+def _run_threads(count: int, work) -> None:
+    """Run work(index) on `count` threads released together; re-raise the first failure."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(PROMPT_S)
+            work(index)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+def test_many_threads_share_one_connection(conn: farcall.Connection) -> None:
+    add = conn.modules.operator.add
+
+    def work(index: int) -> None:
+        for i in range(200):
+            assert add(i, index * 1000) == i + index * 1000
+
+    _run_threads(8, work)
+
+
+def test_threads_get_their_own_results_and_errors(conn: farcall.Connection) -> None:
+    op = conn.modules.operator
+
+    def work(index: int) -> None:
+        for i in range(100):
+            if i % 7 == 0:
+                with pytest.raises(ZeroDivisionError):
+                    op.truediv(index, 0)
+            else:
+                assert op.mul(index, i) == index * i
+                assert conn.modules.builtins.tuple(conn.modules.builtins.list((index, i))) == (index, i)
+
+    _run_threads(8, work)
+
+
+def test_threads_moving_large_payloads_do_not_mix_them_up(conn: farcall.Connection) -> None:
+    copy = conn.modules.copy.copy
+
+    def work(index: int) -> None:
+        payload = bytes([index]) * 1_000_000
+        for _ in range(5):
+            assert copy(payload) == payload
+
+    _run_threads(4, work)
+
+
+def test_a_slow_call_does_not_block_other_calls_on_the_same_connection(start_extra_server) -> None:
+    srv = start_extra_server()
+    with farcall.connect(srv.address) as conn:
+        with HangingHttpEndpoint() as endpoint:
+            call = start_hanging_call(conn, endpoint)
+            assert finishes(lambda: conn.modules.math.pow(3, 2)) == 9.0
+            assert not call.join(0)  # still in flight
+        # Released: the remote urlopen fails, and that error comes back to its caller.
+        with pytest.raises(Exception):
+            call.outcome(30, "the released call")
+
+
+def test_a_waiting_thread_releases_the_gil(start_extra_server) -> None:
+    """While one thread waits for a reply, other Python threads keep running."""
+    srv = start_extra_server()
+    with farcall.connect(srv.address) as conn:
+        with HangingHttpEndpoint() as endpoint:
+            call = start_hanging_call(conn, endpoint)
+            # This thread runs Python while `call` waits: a loop that needs the GIL.
+            assert sum(range(2_000_000)) == 1_999_999_000_000
+            counter = InThread(lambda: sum(1 for _ in range(1_000_000)))
+            assert counter.outcome(PROMPT_S, "a pure-Python thread") == 1_000_000
+            assert not call.join(0)
+
+
+# -- independent connections ---------------------------------------------------
+
+
+def test_two_connections_are_independent(server: Server) -> None:
+    first = farcall.connect(server.address)
+    second = farcall.connect(server.address)
+    try:
+        first_list = first.modules.builtins.list((1, 2))
+        with pytest.raises(ZeroDivisionError):
+            first.modules.operator.truediv(1, 0)
+        first.close()
+        assert second.closed is False
+        assert second.modules.math.pow(3, 2) == 9.0
+        assert second.modules.builtins.len((1, 2, 3)) == 3
+        with pytest.raises(farcall.ConnectionLost):
+            finishes(lambda: first.modules.builtins.len(first_list))
+    finally:
+        first.close()
+        second.close()
+
+
+def test_many_connections_in_turn(server: Server) -> None:
+    for i in range(50):
+        with farcall.connect(server.address) as conn:
+            assert conn.modules.operator.add(i, 1) == i + 1

@@ -1,0 +1,110 @@
+"""`farcall serve` as an operator runs it: listening line, config files, the
+insecure-TCP rule, and stopping on signals."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import farcall
+import pytest
+from _support import LISTENING_RE, Server, run_farcall
+
+LOOPBACK_PORT_0 = ("--listen", "tcp://127.0.0.1:0")
+
+
+def test_listening_line_names_the_real_port(server: Server) -> None:
+    assert server.url.startswith("tcp://127.0.0.1:")
+    assert server.port != 0
+    assert LISTENING_RE.match(f"farcall listening on {server.url}")
+
+
+def test_serve_from_a_config_file(start_extra_server, tmp_path: Path) -> None:
+    config = tmp_path / "farcall.toml"
+    config.write_text('[server]\nlisten = ["tcp://127.0.0.1:0"]\n\n[evaluator]\nbackend = "embedded"\n')
+    srv = start_extra_server("--config", str(config))
+    with farcall.connect(srv.address) as conn:
+        assert conn.modules.math.pow(3, 2) == 9.0
+        assert conn.server_info["backend"] == "embedded"
+
+
+# (file content, the offending key, its line number)
+BAD_CONFIGS = {
+    "unknown key": ('[server]\nlisten = ["tcp://127.0.0.1:0"]\nbogus_key = 1\n', "bogus_key", 3),
+    "unknown section": ('[server]\nlisten = ["tcp://127.0.0.1:0"]\n\n[no_such_section]\nx = 1\n', "no_such_section", 4),
+    "wrong type": ('[server]\nlisten = ["tcp://127.0.0.1:0"]\ninsecure = "yes"\n', "insecure", 3),
+    "bad listen url": ('[server]\n\nlisten = ["ftp://127.0.0.1:0"]\n', "listen", 3),
+    "unknown backend": (
+        '[server]\nlisten = ["tcp://127.0.0.1:0"]\n[evaluator]\nbackend = "no_such_backend"\n',
+        "backend",
+        4,
+    ),
+    "not toml": ("[server\nlisten = 1\n", "bad.toml", 1),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_config_names_file_line_and_key(tmp_path: Path, case: tuple[str, str, int]) -> None:
+    content, key, line = case
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    done = run_farcall("serve", "--config", str(config), *LOOPBACK_PORT_0)
+    assert done.returncode != 0, f"a bad config was accepted\nstderr: {done.stderr}"
+    assert "listening on" not in done.stdout
+    assert "bad.toml" in done.stderr, done.stderr
+    assert key in done.stderr, done.stderr
+    assert re.search(rf"(:{line}\b|line {line}\b)", done.stderr), f"line {line} not named in:\n{done.stderr}"
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    done = run_farcall("serve", "--config", str(missing), *LOOPBACK_PORT_0)
+    assert done.returncode != 0
+    assert "missing.toml" in done.stderr, done.stderr
+
+
+def test_non_loopback_plain_tcp_is_refused_without_insecure() -> None:
+    done = run_farcall("serve", "--listen", "tcp://0.0.0.0:0")
+    assert done.returncode != 0, "plain TCP on 0.0.0.0 was served without insecure = true"
+    assert "listening on" not in done.stdout
+    assert "insecure" in done.stderr, done.stderr
+
+
+def test_non_loopback_plain_tcp_in_config_is_refused_without_insecure(tmp_path: Path) -> None:
+    config = tmp_path / "farcall.toml"
+    config.write_text('[server]\nlisten = ["tcp://0.0.0.0:0"]\n')
+    done = run_farcall("serve", "--config", str(config))
+    assert done.returncode != 0
+    assert "insecure" in done.stderr, done.stderr
+
+
+def test_non_loopback_plain_tcp_with_insecure_true(start_extra_server, tmp_path: Path) -> None:
+    config = tmp_path / "farcall.toml"
+    config.write_text('[server]\nlisten = ["tcp://0.0.0.0:0"]\ninsecure = true\n')
+    srv = start_extra_server("--config", str(config))
+    with farcall.connect(f"127.0.0.1:{srv.port}") as conn:  # reached over loopback only
+        assert conn.modules.math.pow(3, 2) == 9.0
+
+
+def test_unsupported_listen_scheme_is_refused() -> None:
+    done = run_farcall("serve", "--listen", "ftp://127.0.0.1:0")
+    assert done.returncode != 0
+    assert "ftp" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_stop_the_server_cleanly(start_extra_server, sig: int) -> None:
+    srv = start_extra_server()
+    with farcall.connect(srv.address) as conn:
+        assert conn.modules.math.pow(3, 2) == 9.0
+    assert srv.stop(sig) == 0, srv.describe()
+
+
+def test_server_logs_the_embedded_python(server: Server) -> None:
+    """At start-up the server logs the embedded Python's version and sys.prefix."""
+    with farcall.connect(server.address) as conn:
+        info = conn.server_info
+    log = server.log()
+    assert info["python_version"] in log, log
+    assert info["python_prefix"] in log, log

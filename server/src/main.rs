@@ -1,0 +1,171 @@
+//! `farcall`: the server binary.
+//!
+//! ```text
+//! farcall serve [--config FILE] [--listen URL]...
+//! farcall --version
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use farcall_config::{Backend, ListenUrl, Scheme, ServerConfig};
+use farcall_core::{Evaluator, Listener};
+use farcall_server::{Server, ServerOptions};
+use tracing::info;
+
+const USAGE: &str = "\
+usage: farcall serve [--config FILE] [--listen URL]...
+       farcall --version
+
+serve     run a server. Without options: tcp://127.0.0.1:1227, embedded CPython.
+          --config FILE   a TOML file (see DESIGN.md, Configuration)
+          --listen URL    tcp://HOST:PORT (repeatable; replaces [server] listen)
+
+Logs go to stderr (filter with FARCALL_LOG, e.g. FARCALL_LOG=debug); each
+listening address is printed on stdout as `farcall listening on URL`.";
+
+struct ServeArgs {
+    config: Option<PathBuf>,
+    listen: Vec<String>,
+}
+
+fn parse_serve(args: &[String]) -> Result<ServeArgs> {
+    let mut out = ServeArgs { config: None, listen: Vec::new() };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match inline.clone().or_else(|| it.next().cloned()) {
+                Some(v) => Ok(v),
+                None => bail!("{name} needs a value\n\n{USAGE}"),
+            }
+        };
+        match flag {
+            "--config" | "-c" => out.config = Some(value("--config")?.into()),
+            "--listen" | "-l" => out.listen.push(value("--listen")?),
+            _ => bail!("unknown argument `{a}`\n\n{USAGE}"),
+        }
+    }
+    Ok(out)
+}
+
+fn load_config(args: &ServeArgs) -> Result<ServerConfig> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if !args.listen.is_empty() {
+        config.server.listen = args
+            .listen
+            .iter()
+            .map(|u| u.parse::<ListenUrl>().with_context(|| format!("--listen {u}")))
+            .collect::<Result<_>>()?;
+        config.validate().context("--listen")?;
+    }
+    Ok(config)
+}
+
+fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
+    match config.evaluator.backend {
+        Backend::Embedded => {
+            let e = farcall_backend_embedded::EmbeddedEvaluator::start()?;
+            Ok(Arc::new(e))
+        }
+        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""),
+    }
+}
+
+fn bind(url: &ListenUrl, max_frame: usize) -> Result<Box<dyn Listener>> {
+    match url.scheme {
+        Scheme::Tcp => {
+            let addr = if url.host.contains(':') { format!("[{}]:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
+            Ok(Box::new(farcall_transport_tcp::TcpListener::bind(&addr, max_frame)?))
+        }
+        Scheme::Tls | Scheme::Quic => bail!("{url}: {}:// listeners are not available in this build yet; use tcp://", url.scheme),
+    }
+}
+
+fn serve(args: &[String]) -> Result<()> {
+    let args = parse_serve(args)?;
+    let config = load_config(&args)?;
+    let options = ServerOptions {
+        max_message_bytes: config.limits.max_message_bytes as usize,
+        max_connections: config.limits.max_connections as usize,
+        ..ServerOptions::default()
+    };
+    if config.policy.allow_setattr {
+        info!("attribute assignment through proxies is refused by this release regardless of policy.allow_setattr");
+    }
+    let listeners = config
+        .server
+        .listen
+        .iter()
+        .map(|u| bind(u, options.max_message_bytes))
+        .collect::<Result<Vec<_>>>()?;
+    let evaluator = start_evaluator(&config)?;
+    let backend = evaluator.info();
+    info!(
+        backend = %backend.name,
+        python_version = %backend.python_version,
+        python_prefix = %backend.python_prefix,
+        python_executable = %backend.python_executable,
+        "evaluator ready"
+    );
+    let server = Server::new(evaluator, options);
+    let mut stdout = std::io::stdout().lock();
+    for l in listeners {
+        let url = l.local_url();
+        if !url.starts_with("tcp://127.") && !url.starts_with("tcp://[::1]") {
+            info!("serving unencrypted TCP on {url} (insecure = true)");
+        }
+        info!("listening on {url}");
+        writeln!(stdout, "farcall listening on {url}")?;
+        server.serve(l);
+    }
+    stdout.flush()?;
+    drop(stdout);
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    if let Some(sig) = signals.forever().next() {
+        let name = if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" };
+        info!("received {name}: closing {} session(s) and stopping", server.session_count());
+    }
+    server.shutdown();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("--version" | "-V" | "version") => {
+            println!("farcall {}", farcall_core::handshake::FARCALL_VERSION);
+            Ok(())
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("farcall: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,16 @@
+// The Rust client example (client/examples/seed.rs) run against a real server.
+
+#[path = "../../../client/examples/seed.rs"]
+mod seed;
+
+use farcall_tests::{embedded, TestServer};
+
+#[test]
+fn the_rust_example_runs_against_a_real_server() {
+    let server = TestServer::start(embedded());
+    let lines = seed::run(&server.addr).expect("example runs");
+    assert!(lines.iter().any(|l| l == "math.pow(3, 2) = 9"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "os.path.sep = \"/\""), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("math.sqrt(-1) raised builtins.ValueError")), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"), "{lines:?}");
+}
