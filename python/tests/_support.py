@@ -71,7 +71,7 @@ class Server:
     process: subprocess.Popen
     urls: list[str]
     log_path: Path
-    _stdout_lines: list[str] = field(default_factory=list)
+    stdout_lines: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -103,7 +103,8 @@ class Server:
 
     def describe(self) -> str:
         tail = "\n".join(self.log().splitlines()[-40:])
-        return f"farcall server pid {self.pid} ({self.url}); stderr tail:\n{tail}"
+        where = ", ".join(self.urls) or "not listening"
+        return f"farcall server pid {self.pid} ({where}); stderr tail:\n{tail}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
         """Send `sig` and wait for the exit code; SIGKILL and fail if it does not exit."""

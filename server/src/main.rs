@@ -99,9 +99,6 @@ fn serve(args: &[String]) -> Result<()> {
         max_connections: config.limits.max_connections as usize,
         ..ServerOptions::default()
     };
-    if config.policy.allow_setattr {
-        info!("attribute assignment through proxies is refused by this release regardless of policy.allow_setattr");
-    }
     let listeners = config
         .server
         .listen
@@ -143,6 +140,7 @@ fn serve(args: &[String]) -> Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -33,14 +33,26 @@ fn report(name: &str, ns: f64) {
 }
 
 fn bench(label: &str, s: &dyn EvalSession) {
-    let math = reference(s.evaluate(Request::GetModule { name: "math".into() }).unwrap());
-    let os = reference(s.evaluate(Request::GetModule { name: "os".into() }).unwrap());
-    let builtins = reference(s.evaluate(Request::GetModule { name: "builtins".into() }).unwrap());
+    let math = reference(
+        s.evaluate(Request::GetModule {
+            name: "math".into(),
+        })
+        .unwrap(),
+    );
+    let os = reference(
+        s.evaluate(Request::GetModule { name: "os".into() })
+            .unwrap(),
+    );
+    let builtins = reference(
+        s.evaluate(Request::GetModule {
+            name: "builtins".into(),
+        })
+        .unwrap(),
+    );
     let pow = Target {
-        id: math.clone(),
+        id: math,
         path: vec!["pow".into()],
     };
-    let pow = Target { id: math, path: pow.path };
     println!("-- {label}");
     report(
         "Call math.pow(3, 2)",
@@ -56,7 +68,12 @@ fn bench(label: &str, s: &dyn EvalSession) {
     report(
         "GetModule math (reference + 60 attr hints)",
         median_ns(51, 5_000, || {
-            let id = reference(s.evaluate(Request::GetModule { name: "math".into() }).unwrap());
+            let id = reference(
+                s.evaluate(Request::GetModule {
+                    name: "math".into(),
+                })
+                .unwrap(),
+            );
             s.release(&[Release { id, count: 1 }]);
         }),
     );

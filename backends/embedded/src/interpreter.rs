@@ -154,7 +154,6 @@ thread_local! {
 /// Makes sure the current thread has a Python thread state that outlives the
 /// next attachment. Must be called while the thread is not attached.
 pub(crate) fn keep_thread_state() {
-    if std::env::var_os("NOKEEP").is_some() { return; }
     // SAFETY: `PyGILState_Check` may be called from any thread once the
     // interpreter is initialised.
     if unsafe { ffi::PyGILState_Check() } == 0 {

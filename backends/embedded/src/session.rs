@@ -259,11 +259,13 @@ impl EmbeddedSession {
                 PyFrozenSet::new(py, items)?.into_any()
             }
             Value::ReceiverObject(target) => self.resolve(py, &target)?,
-            Value::SenderObject(desc) => return Err(RemoteException::protocol(format!(
+            Value::SenderObject(desc) => {
+                return Err(RemoteException::protocol(format!(
                 "passing local objects by reference is not supported yet (got a reference to a {})",
                 desc.type_name
             ))
-            .into()),
+                .into())
+            }
         })
     }
 }
