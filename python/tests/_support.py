@@ -304,6 +304,21 @@ def start_hanging_call(conn: Any, endpoint: HangingHttpEndpoint) -> InThread:
     return call
 
 
+def assert_shows_remote_traceback(error: BaseException) -> None:
+    """`error` carries the remote traceback, and its text shows it.
+
+    The traceback starts with 'Traceback (most recent call last):' even when the
+    failing function is a C function with no Python frame of its own.
+    """
+    remote = getattr(error, "remote_traceback", None)
+    assert isinstance(remote, str), f"{type(error).__name__} has no remote_traceback"
+    assert "Traceback" in remote, f"remote_traceback has no 'Traceback' header:\n{remote}"
+    text = str(error)
+    assert "Traceback" in text, f"str(e) does not show the remote traceback:\n{text}"
+    last_line = remote.strip().splitlines()[-1]
+    assert last_line in text, f"str(e) does not end with the remote traceback's last line {last_line!r}:\n{text}"
+
+
 def assert_same_value(got: Any, expected: Any) -> None:
     """`got` equals `expected` with the exact same type, recursively.
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import farcall
 import pytest
+from _support import assert_shows_remote_traceback
 
 # (expected built-in class, remote action, text the message must contain)
 BUILTIN_CASES: dict[str, tuple[type[BaseException], Callable[[farcall.Connection], object], str]] = {
@@ -42,12 +43,8 @@ def test_builtin_exceptions_keep_their_class(conn: farcall.Connection, case) -> 
     assert type(error).__name__ == exc_type.__name__
     assert isinstance(error, farcall.RemoteError)
     assert error.remote_type == f"builtins.{exc_type.__name__}"
-    text = str(error)
-    assert message in text
-    assert "Traceback" in text
-    assert "Traceback" in error.remote_traceback
-    last_line = error.remote_traceback.strip().splitlines()[-1]
-    assert last_line in text, "str(e) must show the remote traceback"
+    assert message in str(error)
+    assert_shows_remote_traceback(error)
 
 
 def test_builtin_exception_hierarchy_is_honoured(conn: farcall.Connection) -> None:
@@ -77,7 +74,7 @@ def test_non_builtin_exception_is_a_remote_error(conn: farcall.Connection) -> No
     error = info.value
     assert error.remote_type == "json.decoder.JSONDecodeError"
     assert "Expecting property name" in str(error)
-    assert "Traceback" in str(error)
+    assert_shows_remote_traceback(error)
 
 
 def test_remote_traceback_shows_the_remote_frames(conn: farcall.Connection) -> None:

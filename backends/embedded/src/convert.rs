@@ -241,13 +241,19 @@ impl Helpers {
             .str()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|_| format!("<unprintable {type_name} object>"));
-        let traceback = self
+        let frames = err.traceback(py);
+        let mut traceback = self
             .format_exception
             .bind(py)
-            .call1((&ty, value, err.traceback(py)))
+            .call1((&ty, value, &frames))
             .and_then(|lines| PyString::new(py, "").call_method1(intern!(py, "join"), (lines,)))
             .map(|text| text.to_string())
             .unwrap_or_default();
+        if frames.is_none() {
+            // Raised by C code the server called directly: there is no Python
+            // frame, but the reader still deserves to see where it came from.
+            traceback.insert_str(0, "Traceback (most recent call last):\n  [farcall server] raised by C code called directly (no Python frames)\n");
+        }
         RemoteException {
             type_module,
             type_name,

@@ -8,6 +8,7 @@ use std::ptr;
 use std::sync::OnceLock;
 
 use pyo3::ffi;
+use pyo3::prelude::*;
 
 use crate::BUILD_PYTHON;
 
@@ -78,9 +79,29 @@ fn initialize() -> Result<(), String> {
                 status_message(&status)
             ));
         }
-        // Initialisation leaves this thread attached; detach so that any
-        // thread can attach with `Python::attach`.
-        ffi::PyEval_SaveThread();
+    }
+    // Initialisation left this thread attached, as the interpreter's main thread.
+    if let Err(e) = Python::attach(leave_sigint_to_host) {
+        tracing::warn!(error = %e, "could not give SIGINT back to the host program");
+    }
+    // Detach so that any thread can attach with `Python::attach`.
+    // SAFETY: this thread holds the GIL since `Py_InitializeFromConfig`.
+    unsafe { ffi::PyEval_SaveThread() };
+    Ok(())
+}
+
+/// Undoes what importing `signal` does even with `install_signal_handlers = 0`:
+/// when SIGINT has its default disposition, the module installs Python's
+/// handler (which raises `KeyboardInterrupt` in the interpreter's main
+/// thread). Put the default back so that the host program (the server's
+/// Ctrl-C handling) owns SIGINT. Must run on the interpreter's main thread;
+/// a handler the host installed before is left alone, as Python leaves it.
+fn leave_sigint_to_host(py: Python<'_>) -> PyResult<()> {
+    let signal = py.import("signal")?;
+    let sigint = signal.getattr("SIGINT")?;
+    let current = signal.call_method1("getsignal", (&sigint,))?;
+    if current.is(&signal.getattr("default_int_handler")?) {
+        signal.call_method1("signal", (sigint, signal.getattr("SIG_DFL")?))?;
     }
     Ok(())
 }
@@ -111,38 +132,52 @@ fn status_message(status: &ffi::PyStatus) -> String {
 /// A Python thread state kept for the life of an OS thread.
 ///
 /// Attaching a thread that has no thread state makes CPython create one and
-/// destroy it again when the thread detaches, on every call. Keeping one per
-/// thread makes attaching a plain GIL acquisition (and keeps Python
-/// thread-locals and `threading.current_thread()` stable across calls made
-/// on one thread, as for a real Python thread).
+/// destroy it again when the thread detaches, on every call (about half the
+/// cost of a small call). Keeping one per thread makes attaching a plain GIL
+/// acquisition, and keeps Python thread-locals and
+/// `threading.current_thread()` stable across the calls made on one thread,
+/// as for a real Python thread.
+///
+/// The state is freed when the thread exits, which briefly takes the GIL: a
+/// thread that evaluated requests must not be joined by a thread that is
+/// attached to Python (it would wait for the GIL the joiner holds).
 struct KeptThreadState {
-    gil: ffi::PyGILState_STATE,
-    thread_state: *mut ffi::PyThreadState,
+    /// `None` when the thread had a thread state of its own already (the
+    /// interpreter's main thread, a thread started by Python).
+    kept: Option<(ffi::PyGILState_STATE, *mut ffi::PyThreadState)>,
 }
 
 impl KeptThreadState {
     fn new() -> Self {
         // SAFETY: the interpreter is initialised (sessions exist only after
         // `ensure_initialized` succeeded) and the caller checked that this
-        // thread does not hold the GIL; `PyEval_SaveThread` then releases the
-        // GIL taken by `PyGILState_Ensure`, leaving the thread state (and its
-        // gilstate counter of one) registered for this thread.
+        // thread does not hold the GIL. `PyGILState_Ensure` creates this
+        // thread's state and takes the GIL; `PyEval_SaveThread` releases the
+        // GIL, leaving the state registered with a gilstate counter of one,
+        // so that later `PyGILState_Release`s (pyo3's) do not delete it.
         unsafe {
+            if !ffi::PyGILState_GetThisThreadState().is_null() {
+                return KeptThreadState { kept: None };
+            }
             let gil = ffi::PyGILState_Ensure();
             let thread_state = ffi::PyEval_SaveThread();
-            KeptThreadState { gil, thread_state }
+            KeptThreadState {
+                kept: Some((gil, thread_state)),
+            }
         }
     }
 }
 
 impl Drop for KeptThreadState {
     fn drop(&mut self) {
-        // SAFETY: runs at thread exit, when the thread is detached (no pyo3
-        // attachment outlives a call); restores the state saved in `new` and
-        // releases it, which deletes the thread state and the GIL.
-        unsafe {
-            ffi::PyEval_RestoreThread(self.thread_state);
-            ffi::PyGILState_Release(self.gil);
+        if let Some((gil, thread_state)) = self.kept.take() {
+            // SAFETY: runs at thread exit, when the thread is detached (no
+            // pyo3 attachment outlives a call); restores the state saved in
+            // `new` and releases it, which deletes the state and frees the GIL.
+            unsafe {
+                ffi::PyEval_RestoreThread(thread_state);
+                ffi::PyGILState_Release(gil);
+            }
         }
     }
 }

@@ -28,6 +28,11 @@ type ObjectTable = ExportTable<Py<PyAny>, usize>;
 /// runs, so a slow call (one that releases the GIL, as `time.sleep` does)
 /// does not hold up other calls of the same session. Dropping the session
 /// drops every object it still holds.
+///
+/// Each thread that performs requests keeps a Python thread state until it
+/// exits (attaching is then a plain GIL acquisition); freeing it at thread
+/// exit takes the GIL briefly, so do not join such a thread while attached
+/// to Python yourself.
 pub struct EmbeddedSession {
     id: u64,
     helpers: Arc<Helpers>,

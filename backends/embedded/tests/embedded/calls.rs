@@ -183,3 +183,52 @@ fn set_and_delete_attributes() {
     assert_eq!(s.evaluate(del).unwrap(), Value::None);
     assert_eq!(s.evaluate(get).unwrap_err().type_name, "AttributeError");
 }
+
+#[test]
+fn module_hints_follow_a_replaced_or_growing_module() {
+    let s = session();
+    let types = module(&*s, "types");
+    let sys = module(&*s, "sys");
+    let operator = module(&*s, "operator");
+    let name = Value::Str("farcall_test_replaced".into());
+    let install = |m: &farcall_core::RefDesc| {
+        let modules = Value::ReceiverObject(Target {
+            id: sys.id,
+            path: vec!["modules".into()],
+        });
+        call(
+            &*s,
+            &operator,
+            "setitem",
+            vec![modules, name.clone(), crate::mine(m.id)],
+        )
+        .unwrap();
+    };
+    let has = |attr: &str| {
+        let m = module(&*s, "farcall_test_replaced");
+        m.attrs.iter().any(|a| a.name == attr)
+    };
+    let first = reference(call(&*s, &types, "ModuleType", vec![name.clone()]).unwrap());
+    install(&first);
+    assert!(!has("f"));
+    // The namespace grows: the hints follow.
+    let set = Request::SetAttr {
+        target: Target::object(first.id),
+        name: "f".into(),
+        value: Value::ReceiverObject(Target {
+            id: operator.id,
+            path: vec!["neg".into()],
+        }),
+    };
+    s.evaluate(set).unwrap();
+    assert!(has("f"));
+    // Another module object under the same name.
+    let second = reference(call(&*s, &types, "ModuleType", vec![name.clone()]).unwrap());
+    install(&second);
+    assert!(!has("f"));
+    let modules = Value::ReceiverObject(Target {
+        id: sys.id,
+        path: vec!["modules".into()],
+    });
+    call(&*s, &operator, "delitem", vec![modules, name]).unwrap();
+}
