@@ -8,7 +8,10 @@ pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
     let mut out = Vec::new();
     let conn = Client::connect(address, &Options::default())?;
     let s = conn.server();
-    out.push(format!("connected: farcall {} serving Python {} ({})", s.farcall_version, s.python_version, s.backend));
+    out.push(format!(
+        "connected: farcall {} serving Python {} ({})",
+        s.farcall_version, s.python_version, s.backend
+    ));
 
     // conn.modules.math.pow(3, 2)
     let math = conn.module("math")?;
@@ -34,15 +37,24 @@ pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
     let sqrt: RemoteObject = math.getattr("sqrt")?.extract()?;
     match sqrt.call(vec![Remote::Int(-1)]) {
         Err(ClientError::Remote(e)) if e.qualified_type() == "builtins.ValueError" => {
-            assert!(e.traceback.contains("Traceback"), "the remote traceback travels with the error");
-            out.push(format!("math.sqrt(-1) raised {}: {}", e.qualified_type(), e.message));
+            assert!(
+                e.traceback.contains("Traceback"),
+                "the remote traceback travels with the error"
+            );
+            out.push(format!(
+                "math.sqrt(-1) raised {}: {}",
+                e.qualified_type(),
+                e.message
+            ));
         }
         other => panic!("math.sqrt(-1) should raise ValueError, got {other:?}"),
     }
 
     // conn.modules.no_such_module raises ModuleNotFoundError
     match conn.module("no_such_module") {
-        Err(ClientError::Remote(e)) if e.type_name == "ModuleNotFoundError" => out.push(format!("no_such_module raised {}", e.qualified_type())),
+        Err(ClientError::Remote(e)) if e.type_name == "ModuleNotFoundError" => {
+            out.push(format!("no_such_module raised {}", e.qualified_type()))
+        }
         other => panic!("importing no_such_module should fail, got {other:?}"),
     }
     conn.close();
@@ -51,7 +63,9 @@ pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
 
 #[allow(dead_code)] // the tests include this file and call `run`
 fn main() -> Result<(), ClientError> {
-    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:1227".into());
+    let address = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:1227".into());
     for line in run(&address)? {
         println!("{line}");
     }

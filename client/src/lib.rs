@@ -27,12 +27,15 @@ use std::time::Duration;
 
 use farcall_core::handshake::{self, ClientHello, ServerHello};
 use farcall_core::session::{release_frame, reply_frame};
-use farcall_core::{Connection, Frame, Incoming, RefDesc, RefId, ReleaseQueue, RemoteException, Request, Route, Session, Value};
+use farcall_core::{
+    Connection, Frame, Incoming, RefDesc, RefId, ReleaseQueue, RemoteException, Request, Route,
+    Session, Value,
+};
 
 pub use error::ClientError;
 pub use farcall_core::handshake::ServerHello as ServerInfo;
-pub use remote::{Hint, Remote, RemoteObject};
 use remote::RefInner;
+pub use remote::{Hint, Remote, RemoteObject};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -67,7 +70,12 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Client({} session {})", self.shared.conn.peer(), self.shared.server.session)
+        write!(
+            f,
+            "Client({} session {})",
+            self.shared.conn.peer(),
+            self.shared.server.session
+        )
     }
 }
 
@@ -131,7 +139,12 @@ impl Client {
     pub fn connect(address: &str, options: &Options) -> Result<Client, ClientError> {
         let (_, hostport) = parse_address(address)?;
         let timeout = options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let conn = farcall_transport_tcp::TcpConnection::connect(hostport, Some(timeout), options.max_message_bytes).map_err(|source| ClientError::Connect {
+        let conn = farcall_transport_tcp::TcpConnection::connect(
+            hostport,
+            Some(timeout),
+            options.max_message_bytes,
+        )
+        .map_err(|source| ClientError::Connect {
             address: address.into(),
             source,
         })?;
@@ -140,11 +153,14 @@ impl Client {
 
     /// Performs the handshake over an established connection of any transport.
     pub fn over(conn: Box<dyn Connection>, options: &Options) -> Result<Client, ClientError> {
-        let lost = |e: farcall_core::TransportError| ClientError::ConnectionLost(format!("during the handshake: {e}"));
+        let lost = |e: farcall_core::TransportError| {
+            ClientError::ConnectionLost(format!("during the handshake: {e}"))
+        };
         conn.set_recv_timeout(Some(options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
             .map_err(lost)?;
         let hello = handshake::encode(&ClientHello::new(options.client_name.clone()));
-        conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())]).map_err(lost)?;
+        conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())])
+            .map_err(lost)?;
         let reply = conn.recv().map_err(lost)?;
         let server = handshake::decode_server_reply(&reply)?;
         conn.set_recv_timeout(None).map_err(lost)?;
@@ -189,8 +205,12 @@ impl Client {
         if let Some(inner) = lock(&self.shared.modules).get(name) {
             return Ok(self.object(inner.clone()));
         }
-        let m: RemoteObject = self.request(Request::GetModule { name: name.into() })?.extract()?;
-        lock(&self.shared.modules).entry(name.into()).or_insert_with(|| m.inner.clone());
+        let m: RemoteObject = self
+            .request(Request::GetModule { name: name.into() })?
+            .extract()?;
+        lock(&self.shared.modules)
+            .entry(name.into())
+            .or_insert_with(|| m.inner.clone());
         Ok(m)
     }
 
@@ -199,9 +219,15 @@ impl Client {
         match self.request(Request::Stats)? {
             Remote::Tuple(t) if t.len() == 2 => {
                 let mut it = t.into_iter();
-                Ok((it.next().unwrap_or(Remote::None).extract()?, it.next().unwrap_or(Remote::None).extract()?))
+                Ok((
+                    it.next().unwrap_or(Remote::None).extract()?,
+                    it.next().unwrap_or(Remote::None).extract()?,
+                ))
             }
-            other => Err(ClientError::Protocol(format!("stats reply is {}", other.kind()))),
+            other => Err(ClientError::Protocol(format!(
+                "stats reply is {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -248,11 +274,22 @@ impl Client {
             Value::Complex(a, b) => Remote::Complex(a, b),
             Value::Str(s) => Remote::Str(s),
             Value::Bytes(b) => Remote::Bytes(b),
-            Value::Tuple(t) => Remote::Tuple(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
-            Value::FrozenSet(t) => Remote::FrozenSet(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
+            Value::Tuple(t) => Remote::Tuple(
+                t.into_iter()
+                    .map(|x| self.import(x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::FrozenSet(t) => Remote::FrozenSet(
+                t.into_iter()
+                    .map(|x| self.import(x))
+                    .collect::<Result<_, _>>()?,
+            ),
             Value::SenderObject(desc) => Remote::Object(self.object(self.shared.adopt(desc))),
             Value::ReceiverObject(t) => {
-                return Err(ClientError::Protocol(format!("the server referred to client object {} but this client exports none", t.id)))
+                return Err(ClientError::Protocol(format!(
+                    "the server referred to client object {} but this client exports none",
+                    t.id
+                )))
             }
         })
     }
@@ -366,9 +403,13 @@ impl Shared {
                 Ok(body) => match st.session.receive(body) {
                     Ok(Incoming::Request { id: rid, .. }) => Some(reply_frame(
                         rid,
-                        Err(RemoteException::protocol("this client does not serve requests (callbacks are not supported yet)")),
+                        Err(RemoteException::protocol(
+                            "this client does not serve requests (callbacks are not supported yet)",
+                        )),
                     )),
-                    Ok(Incoming::BadRequest { id: rid, error }) => Some(reply_frame(rid, Err(error))),
+                    Ok(Incoming::BadRequest { id: rid, error }) => {
+                        Some(reply_frame(rid, Err(error)))
+                    }
                     Ok(Incoming::Reply(_) | Incoming::Release(_) | Incoming::Ignored) => None,
                     Err(e) => {
                         drop(st);
@@ -379,7 +420,11 @@ impl Shared {
                 },
                 Err(e) => {
                     drop(st);
-                    let why = if e.is_closed() { "the server closed the connection".to_owned() } else { e.to_string() };
+                    let why = if e.is_closed() {
+                        "the server closed the connection".to_owned()
+                    } else {
+                        e.to_string()
+                    };
                     self.fail(&why);
                     st = lock(&self.state);
                     None

@@ -234,7 +234,14 @@ impl Encoder {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn len_header(&mut self, len: usize, fix: Option<(u8, usize)>, b8: Option<u8>, b16: u8, b32: u8) {
+    fn len_header(
+        &mut self,
+        len: usize,
+        fix: Option<(u8, usize)>,
+        b8: Option<u8>,
+        b16: u8,
+        b32: u8,
+    ) {
         match (fix, b8) {
             (Some((base, max)), _) if len < max => self.u8(base | len as u8),
             (_, Some(m)) if len <= u8::MAX as usize => self.buf.extend_from_slice(&[m, len as u8]),
@@ -583,7 +590,11 @@ impl Decoder {
     }
 
     /// Decodes a nested payload with the same depth budget.
-    fn nested<T>(&mut self, payload: Bytes, f: impl FnOnce(&mut Decoder) -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+    fn nested<T>(
+        &mut self,
+        payload: Bytes,
+        f: impl FnOnce(&mut Decoder) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
         let mut inner = Decoder {
             data: payload,
             pos: 0,
@@ -688,7 +699,8 @@ impl Decoder {
         }
         let id = self.uint()?;
         let type_name = self.str()?;
-        let flags = u8::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("flags out of range"))?;
+        let flags =
+            u8::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("flags out of range"))?;
         let n = self.array()?;
         let mut attrs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -740,7 +752,9 @@ impl Decoder {
         if n == want {
             Ok(())
         } else {
-            Err(DecodeError::Invalid("wrong number of fields for the operation"))
+            Err(DecodeError::Invalid(
+                "wrong number of fields for the operation",
+            ))
         }
     }
 
@@ -835,7 +849,8 @@ impl Decoder {
                 let mut refs = Vec::with_capacity(n / 2);
                 for _ in 0..n / 2 {
                     let id = self.uint()?;
-                    let count = u32::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("release count out of range"))?;
+                    let count = u32::try_from(self.uint()?)
+                        .map_err(|_| DecodeError::Invalid("release count out of range"))?;
                     refs.push(Release { id, count });
                 }
                 Message::Release(refs)

@@ -71,7 +71,8 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Bytes, FrameError> {
 /// Writes a frame (length prefix and chunks) with vectored writes, without
 /// copying its chunks.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
-    let len = u32::try_from(frame.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
+    let len = u32::try_from(frame.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
     let head = len.to_be_bytes();
     let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + frame.chunks().len());
     parts.push(&head);

@@ -194,7 +194,14 @@ impl<T, K: Hash + Eq + Clone> ExportTable<T, K> {
         self.last_id += 1;
         let id = self.last_id;
         self.by_key.insert(key.clone(), id);
-        self.objects.insert(id, Export { object: make(), key, count: 1 });
+        self.objects.insert(
+            id,
+            Export {
+                object: make(),
+                key,
+                count: 1,
+            },
+        );
         id
     }
 

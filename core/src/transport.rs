@@ -82,7 +82,10 @@ impl TransportError {
 
     /// Whether this is an orderly close rather than a failure.
     pub fn is_closed(&self) -> bool {
-        matches!(self, TransportError::Closed | TransportError::Frame(FrameError::Closed))
+        matches!(
+            self,
+            TransportError::Closed | TransportError::Frame(FrameError::Closed)
+        )
     }
 }
 

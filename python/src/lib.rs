@@ -10,7 +10,9 @@ use farcall_core::RemoteException;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple,
+};
 
 /// `bytes` at least this long are sent without copying them.
 const ZERO_COPY_MIN: usize = 16 * 1024;
@@ -29,14 +31,20 @@ struct Hooks {
 static HOOKS: PyOnceLock<Hooks> = PyOnceLock::new();
 
 fn hooks(py: Python<'_>) -> PyResult<&Hooks> {
-    HOOKS
-        .get(py)
-        .ok_or_else(|| PyTypeError::new_err("farcall._native used before farcall registered its hooks"))
+    HOOKS.get(py).ok_or_else(|| {
+        PyTypeError::new_err("farcall._native used before farcall registered its hooks")
+    })
 }
 
 /// Called once by `farcall/__init__.py`.
 #[pyfunction]
-fn _register(py: Python<'_>, proxy_class: Py<PyAny>, make_proxy: Py<PyAny>, remote_error: Py<PyAny>, client_error: Py<PyAny>) -> PyResult<()> {
+fn _register(
+    py: Python<'_>,
+    proxy_class: Py<PyAny>,
+    make_proxy: Py<PyAny>,
+    remote_error: Py<PyAny>,
+    client_error: Py<PyAny>,
+) -> PyResult<()> {
     let int_from_bytes = py.get_type::<PyInt>().getattr("from_bytes")?.unbind();
     let _ = HOOKS.set(
         py,
@@ -79,8 +87,17 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
 }
 
 fn remote_exception(py: Python<'_>, h: &Hooks, x: RemoteException) -> PyResult<Py<PyAny>> {
-    let args = PyTuple::new(py, x.args.into_iter().map(|a| value_to_py_plain(py, a)).collect::<PyResult<Vec<_>>>()?)?;
-    h.remote_error.call1(py, (x.type_module, x.type_name, args, x.message, x.traceback))
+    let args = PyTuple::new(
+        py,
+        x.args
+            .into_iter()
+            .map(|a| value_to_py_plain(py, a))
+            .collect::<PyResult<Vec<_>>>()?,
+    )?;
+    h.remote_error.call1(
+        py,
+        (x.type_module, x.type_name, args, x.message, x.traceback),
+    )
 }
 
 /// A handle on one server object (a `farcall.Proxy` holds one).
@@ -111,7 +128,9 @@ impl AsRef<[u8]> for PyBytesOwner {
 
 fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResult<Remote> {
     if depth > MAX_DEPTH {
-        return Err(PyValueError::new_err("farcall: value nested too deeply to send"));
+        return Err(PyValueError::new_err(
+            "farcall: value nested too deeply to send",
+        ));
     }
     if obj.is_none() {
         return Ok(Remote::None);
@@ -124,8 +143,15 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
             Ok(i) => Ok(Remote::Int(i)),
             Err(_) => {
                 let bits: usize = obj.call_method0("bit_length")?.extract()?;
-                let b: Vec<u8> = obj.call_method1("to_bytes", (bits / 8 + 1, "little"), )
-                    .or_else(|_| obj.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&[("signed", true)].into_py_dict(obj.py())?)))?
+                let b: Vec<u8> = obj
+                    .call_method1("to_bytes", (bits / 8 + 1, "little"))
+                    .or_else(|_| {
+                        obj.call_method(
+                            "to_bytes",
+                            (bits / 8 + 1, "little"),
+                            Some(&[("signed", true)].into_py_dict(obj.py())?),
+                        )
+                    })?
                     .extract()?;
                 Ok(Remote::BigInt(b.into()))
             }
@@ -149,10 +175,18 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
         })));
     }
     if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        return Ok(Remote::Tuple(t.iter().map(|x| py_to_remote(&x, client, depth + 1)).collect::<PyResult<_>>()?));
+        return Ok(Remote::Tuple(
+            t.iter()
+                .map(|x| py_to_remote(&x, client, depth + 1))
+                .collect::<PyResult<_>>()?,
+        ));
     }
     if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-        return Ok(Remote::FrozenSet(s.iter().map(|x| py_to_remote(&x, client, depth + 1)).collect::<PyResult<_>>()?));
+        return Ok(Remote::FrozenSet(
+            s.iter()
+                .map(|x| py_to_remote(&x, client, depth + 1))
+                .collect::<PyResult<_>>()?,
+        ));
     }
     if obj.is_exact_instance_of::<PyComplex>() {
         let c = obj.cast::<PyComplex>()?;
@@ -163,7 +197,9 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
         let handle = obj.getattr("_farcall_handle")?;
         let h = handle.cast::<Handle>()?.get();
         if !h.obj.client().same_connection(client) {
-            return Err(PyValueError::new_err("farcall: a proxy can only be passed to the connection it came from"));
+            return Err(PyValueError::new_err(
+                "farcall: a proxy can only be passed to the connection it came from",
+            ));
         }
         return Ok(Remote::Object(h.obj.clone()));
     }
@@ -196,18 +232,31 @@ fn remote_to_py(py: Python<'_>, r: Remote) -> PyResult<Py<PyAny>> {
         Remote::BigInt(b) => hooks(py)?
             .int_from_bytes
             .bind(py)
-            .call((PyBytes::new(py, &b), "little"), Some(&[("signed", true)].into_py_dict(py)?))?
+            .call(
+                (PyBytes::new(py, &b), "little"),
+                Some(&[("signed", true)].into_py_dict(py)?),
+            )?
             .unbind(),
         Remote::Float(f) => PyFloat::new(py, f).into_any().unbind(),
         Remote::Complex(a, b) => PyComplex::from_doubles(py, a, b).into_any().unbind(),
         Remote::Str(s) => PyString::new(py, &s).into_any().unbind(),
         Remote::Bytes(b) => PyBytes::new(py, &b).into_any().unbind(),
-        Remote::Tuple(t) => PyTuple::new(py, t.into_iter().map(|x| remote_to_py(py, x)).collect::<PyResult<Vec<_>>>()?)?
-            .into_any()
-            .unbind(),
-        Remote::FrozenSet(t) => PyFrozenSet::new(py, t.into_iter().map(|x| remote_to_py(py, x)).collect::<PyResult<Vec<_>>>()?)?
-            .into_any()
-            .unbind(),
+        Remote::Tuple(t) => PyTuple::new(
+            py,
+            t.into_iter()
+                .map(|x| remote_to_py(py, x))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?
+        .into_any()
+        .unbind(),
+        Remote::FrozenSet(t) => PyFrozenSet::new(
+            py,
+            t.into_iter()
+                .map(|x| remote_to_py(py, x))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?
+        .into_any()
+        .unbind(),
         Remote::Object(obj) => {
             let handle = Py::new(py, Handle { obj })?;
             hooks(py)?.make_proxy.call1(py, (handle,))?
@@ -216,7 +265,10 @@ fn remote_to_py(py: Python<'_>, r: Remote) -> PyResult<Py<PyAny>> {
 }
 
 /// Runs a client operation with the interpreter detached, then converts its result.
-fn run(py: Python<'_>, f: impl FnOnce() -> Result<Remote, ClientError> + Send) -> PyResult<Py<PyAny>> {
+fn run(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<Remote, ClientError> + Send,
+) -> PyResult<Py<PyAny>> {
     match py.detach(f) {
         Ok(r) => remote_to_py(py, r),
         Err(e) => Err(to_pyerr(py, e)),
@@ -232,9 +284,17 @@ impl Handle {
 
     /// `obj(*args, **kwargs)` on the server.
     #[pyo3(signature = (args, kwargs=None))]
-    fn call(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+    fn call(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
         let client = self.obj.client();
-        let a = args.iter().map(|x| py_to_remote(&x, client, 0)).collect::<PyResult<Vec<_>>>()?;
+        let a = args
+            .iter()
+            .map(|x| py_to_remote(&x, client, 0))
+            .collect::<PyResult<Vec<_>>>()?;
         let mut kw = Vec::new();
         if let Some(k) = kwargs {
             for (key, value) in k.iter() {
@@ -311,7 +371,11 @@ impl NativeClient {
     #[pyo3(signature = (address, timeout=None))]
     fn connect(py: Python<'_>, address: String, timeout: Option<f64>) -> PyResult<NativeClient> {
         let timeout = match timeout {
-            Some(t) if !(t.is_finite() && t > 0.0) => return Err(PyValueError::new_err("timeout must be a positive number of seconds")),
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                return Err(PyValueError::new_err(
+                    "timeout must be a positive number of seconds",
+                ))
+            }
             t => t.map(Duration::from_secs_f64),
         };
         let options = farcall_client::Options {
@@ -350,12 +414,14 @@ impl NativeClient {
 
     /// `(live objects, objects ever exported)` in this session's table on the server.
     fn stats(&self, py: Python<'_>) -> PyResult<(i64, i64)> {
-        py.detach(|| self.client.stats()).map_err(|e| to_pyerr(py, e))
+        py.detach(|| self.client.stats())
+            .map_err(|e| to_pyerr(py, e))
     }
 
     /// Sends queued reference releases now.
     fn flush_releases(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.client.flush_releases()).map_err(|e| to_pyerr(py, e))
+        py.detach(|| self.client.flush_releases())
+            .map_err(|e| to_pyerr(py, e))
     }
 
     /// Closes the connection (idempotent).
@@ -378,7 +444,8 @@ impl NativeClient {
 /// Reads a client TOML file: returns `(address, timeout_s)`.
 #[pyfunction]
 fn read_client_config(path: std::path::PathBuf) -> PyResult<(Option<String>, Option<f64>)> {
-    let c = farcall_config::ClientConfig::from_file(&path).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let c = farcall_config::ClientConfig::from_file(&path)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((c.address, c.timeout_s))
 }
 

@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use farcall_core::handshake::{self, HandshakeReply, ServerHello};
 use farcall_core::session::reply_frame;
-use farcall_core::{Connection, EvalSession, Evaluator, Frame, Incoming, Listener, RemoteException, Request, Route, Session, SessionInfo};
+use farcall_core::{
+    Connection, EvalSession, Evaluator, Frame, Incoming, Listener, RemoteException, Request, Route,
+    Session, SessionInfo,
+};
 use tracing::{debug, info, warn};
 
 /// Server-wide settings.
@@ -177,7 +180,10 @@ impl Server {
             Self::refuse(&*conn, &format!("the server is at its limit of {} connections (limits.max_connections); try again later", inner.options.max_connections));
             return;
         }
-        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone() }) {
+        let eval = match inner.evaluator.open(&SessionInfo {
+            id,
+            peer: peer.clone(),
+        }) {
             Ok(e) => e,
             Err(e) => {
                 drop(sessions);
@@ -208,7 +214,10 @@ impl Server {
         });
         sessions.insert(id, c.clone());
         drop(sessions);
-        if let Err(e) = c.conn.send(&[&Frame::from_bytes(Route::Oneway, handshake::encode(&accept).into())]) {
+        if let Err(e) = c.conn.send(&[&Frame::from_bytes(
+            Route::Oneway,
+            handshake::encode(&accept).into(),
+        )]) {
             c.close(inner, &format!("sending the handshake failed: {e}"));
             return;
         }
@@ -241,7 +250,9 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     fn eval(&self) -> &dyn EvalSession {
-        self.eval.as_deref().expect("evaluation session present until drop")
+        self.eval
+            .as_deref()
+            .expect("evaluation session present until drop")
     }
 
     fn close(&self, inner: &Inner, why: &str) {
@@ -293,7 +304,9 @@ impl Conn {
                 }
             };
             // Make sure another thread takes the reading role while this one works.
-            if self.waiting.load(Ordering::SeqCst) == 0 && self.threads.load(Ordering::SeqCst) < inner.options.max_threads_per_connection {
+            if self.waiting.load(Ordering::SeqCst) == 0
+                && self.threads.load(Ordering::SeqCst) < inner.options.max_threads_per_connection
+            {
                 self.threads.fetch_add(1, Ordering::SeqCst);
                 let me = self.clone();
                 let server = server.clone();

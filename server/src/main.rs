@@ -33,7 +33,10 @@ struct ServeArgs {
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs> {
-    let mut out = ServeArgs { config: None, listen: Vec::new() };
+    let mut out = ServeArgs {
+        config: None,
+        listen: Vec::new(),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -64,7 +67,10 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig> {
         config.server.listen = args
             .listen
             .iter()
-            .map(|u| u.parse::<ListenUrl>().with_context(|| format!("--listen {u}")))
+            .map(|u| {
+                u.parse::<ListenUrl>()
+                    .with_context(|| format!("--listen {u}"))
+            })
             .collect::<Result<_>>()?;
         config.validate().context("--listen")?;
     }
@@ -77,17 +83,28 @@ fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
             let e = farcall_backend_embedded::EmbeddedEvaluator::start()?;
             Ok(Arc::new(e))
         }
-        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""),
+        other => bail!(
+            "evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""
+        ),
     }
 }
 
 fn bind(url: &ListenUrl, max_frame: usize) -> Result<Box<dyn Listener>> {
     match url.scheme {
         Scheme::Tcp => {
-            let addr = if url.host.contains(':') { format!("[{}]:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
-            Ok(Box::new(farcall_transport_tcp::TcpListener::bind(&addr, max_frame)?))
+            let addr = if url.host.contains(':') {
+                format!("[{}]:{}", url.host, url.port)
+            } else {
+                format!("{}:{}", url.host, url.port)
+            };
+            Ok(Box::new(farcall_transport_tcp::TcpListener::bind(
+                &addr, max_frame,
+            )?))
         }
-        Scheme::Tls | Scheme::Quic => bail!("{url}: {}:// listeners are not available in this build yet; use tcp://", url.scheme),
+        Scheme::Tls | Scheme::Quic => bail!(
+            "{url}: {}:// listeners are not available in this build yet; use tcp://",
+            url.scheme
+        ),
     }
 }
 
@@ -128,10 +145,20 @@ fn serve(args: &[String]) -> Result<()> {
     stdout.flush()?;
     drop(stdout);
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     if let Some(sig) = signals.forever().next() {
-        let name = if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" };
-        info!("received {name}: closing {} session(s) and stopping", server.session_count());
+        let name = if sig == signal_hook::consts::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        info!(
+            "received {name}: closing {} session(s) and stopping",
+            server.session_count()
+        );
     }
     server.shutdown();
     Ok(())
@@ -141,7 +168,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {

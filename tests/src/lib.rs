@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use farcall_backend_embedded::EmbeddedEvaluator;
 use farcall_core::handshake::{self, ClientHello};
-use farcall_core::{BackendInfo, EvalError, EvalSession, Evaluator, ExportTable, Release, RemoteException, Request, SessionInfo, Target, Value};
+use farcall_core::{
+    BackendInfo, EvalError, EvalSession, Evaluator, ExportTable, Release, RemoteException, Request,
+    SessionInfo, Target, Value,
+};
 use farcall_server::{Server, ServerOptions};
 
 /// The process-wide embedded evaluator (CPython can be initialised once).
@@ -36,7 +39,9 @@ impl TestServer {
 
     /// Starts a server with `evaluator` and `options`.
     pub fn with_options(evaluator: Arc<dyn Evaluator>, options: ServerOptions) -> Self {
-        let listener = farcall_transport_tcp::TcpListener::bind("127.0.0.1:0", options.max_message_bytes).expect("bind 127.0.0.1:0");
+        let listener =
+            farcall_transport_tcp::TcpListener::bind("127.0.0.1:0", options.max_message_bytes)
+                .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr").to_string();
         let server = Server::new(evaluator, options);
         server.serve(Box::new(listener));
@@ -52,7 +57,8 @@ impl TestServer {
     /// never hangs.
     pub fn raw(&self) -> TcpStream {
         let s = TcpStream::connect(&self.addr).expect("raw connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         s
     }
 
@@ -74,7 +80,8 @@ impl Drop for TestServer {
 
 /// Writes one length-prefixed frame.
 pub fn write_frame(s: &mut TcpStream, body: &[u8]) {
-    s.write_all(&(body.len() as u32).to_be_bytes()).expect("write length");
+    s.write_all(&(body.len() as u32).to_be_bytes())
+        .expect("write length");
     s.write_all(body).expect("write body");
 }
 
@@ -140,8 +147,17 @@ impl FakeSession {
     }
 
     fn resolve(&self, t: &Target) -> Result<String, RemoteException> {
-        let root = self.table.lock().unwrap().get(t.id).cloned().ok_or_else(|| RemoteException::protocol(format!("no object {}", t.id)))?;
-        Ok(std::iter::once(root).chain(t.path.iter().cloned()).collect::<Vec<_>>().join("."))
+        let root = self
+            .table
+            .lock()
+            .unwrap()
+            .get(t.id)
+            .cloned()
+            .ok_or_else(|| RemoteException::protocol(format!("no object {}", t.id)))?;
+        Ok(std::iter::once(root)
+            .chain(t.path.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("."))
     }
 }
 
@@ -149,8 +165,13 @@ impl EvalSession for FakeSession {
     fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
         match request {
             Request::GetModule { name } if name == "echo" => Ok(self.export("echo")),
-            Request::GetModule { name } => Err(fake_error("ModuleNotFoundError", format!("No module named '{name}'"))),
-            Request::GetAttr { target, name } => Ok(self.export(&format!("{}.{name}", self.resolve(&target)?))),
+            Request::GetModule { name } => Err(fake_error(
+                "ModuleNotFoundError",
+                format!("No module named '{name}'"),
+            )),
+            Request::GetAttr { target, name } => {
+                Ok(self.export(&format!("{}.{name}", self.resolve(&target)?)))
+            }
             Request::Call { target, args, .. } => match self.resolve(&target)?.as_str() {
                 "echo.echo" => Ok(Value::Tuple(args)),
                 "echo.obj" => Ok(self.export("obj")),
@@ -163,11 +184,17 @@ impl EvalSession for FakeSession {
                     std::thread::sleep(Duration::from_secs_f64(secs));
                     Ok(Value::None)
                 }
-                other => Err(fake_error("TypeError", format!("'{other}' is not callable"))),
+                other => Err(fake_error(
+                    "TypeError",
+                    format!("'{other}' is not callable"),
+                )),
             },
             Request::Stats => {
                 let t = self.table.lock().unwrap();
-                Ok(Value::Tuple(vec![Value::Int(t.len() as i64), Value::Int(t.exported_total() as i64)]))
+                Ok(Value::Tuple(vec![
+                    Value::Int(t.len() as i64),
+                    Value::Int(t.exported_total() as i64),
+                ]))
             }
             other => Err(fake_error("NotImplementedError", other.name().into())),
         }

@@ -10,7 +10,20 @@ fn the_rust_example_runs_against_a_real_server() {
     let server = TestServer::start(embedded());
     let lines = seed::run(&server.addr).expect("example runs");
     assert!(lines.iter().any(|l| l == "math.pow(3, 2) = 9"), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "os.path.sep = \"/\""), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("math.sqrt(-1) raised builtins.ValueError")), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "os.path.sep = \"/\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("math.sqrt(-1) raised builtins.ValueError")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"),
+        "{lines:?}"
+    );
 }

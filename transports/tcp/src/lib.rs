@@ -35,9 +35,15 @@ impl TcpConnection {
     pub fn new(stream: TcpStream, max_frame: usize) -> Result<Self, TransportError> {
         let io = |e| TransportError::io("setting up the TCP stream", e);
         stream.set_nodelay(true).map_err(io)?;
-        let address = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let address = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
         Ok(TcpConnection {
-            reader: Mutex::new(BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(io)?)),
+            reader: Mutex::new(BufReader::with_capacity(
+                READ_BUFFER,
+                stream.try_clone().map_err(io)?,
+            )),
             writer: Mutex::new(stream.try_clone().map_err(io)?),
             control: stream,
             peer: PeerInfo {
@@ -50,7 +56,11 @@ impl TcpConnection {
     }
 
     /// Connects to `addr` (`host:port`), trying each resolved address within `timeout`.
-    pub fn connect(addr: &str, timeout: Option<Duration>, max_frame: usize) -> Result<Self, TransportError> {
+    pub fn connect(
+        addr: &str,
+        timeout: Option<Duration>,
+        max_frame: usize,
+    ) -> Result<Self, TransportError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|e| TransportError::io(format!("resolving {addr}"), e))?
@@ -77,7 +87,9 @@ impl Connection for TcpConnection {
     fn send(&self, frames: &[&Frame]) -> Result<(), TransportError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         write_frames(&mut *w, frames).map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::NotConnected => TransportError::Closed,
+            std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::NotConnected => TransportError::Closed,
             _ => TransportError::io("sending", e),
         })
     }
@@ -113,7 +125,8 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds `addr` (`host:port`; port 0 picks a free port).
     pub fn bind(addr: &str, max_frame: usize) -> Result<Self, TransportError> {
-        let inner = std::net::TcpListener::bind(addr).map_err(|e| TransportError::io(format!("binding tcp://{addr}"), e))?;
+        let inner = std::net::TcpListener::bind(addr)
+            .map_err(|e| TransportError::io(format!("binding tcp://{addr}"), e))?;
         let local = inner
             .local_addr()
             .map_err(|e| TransportError::io("reading the bound address", e))?;
@@ -132,7 +145,10 @@ impl TcpListener {
 
 impl Listener for TcpListener {
     fn accept(&self) -> Result<Box<dyn Connection>, TransportError> {
-        let (stream, _) = self.inner.accept().map_err(|e| TransportError::io("accepting", e))?;
+        let (stream, _) = self
+            .inner
+            .accept()
+            .map_err(|e| TransportError::io("accepting", e))?;
         Ok(Box::new(TcpConnection::new(stream, self.max_frame)?))
     }
 
