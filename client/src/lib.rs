@@ -46,6 +46,9 @@ pub struct Options {
     pub max_message_bytes: usize,
     /// How the client introduces itself in the server's logs.
     pub client_name: String,
+    /// The receive buffer kept between replies, at most: large replies that
+    /// fit are received without faulting in fresh memory each time.
+    pub max_retained_buffer: usize,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             timeout: None,
             max_message_bytes: u32::MAX as usize,
             client_name: format!("farcall-client {}", handshake::FARCALL_VERSION),
+            max_retained_buffer: 64 << 20,
         }
     }
 }
@@ -143,6 +147,7 @@ impl Client {
             hostport,
             Some(timeout),
             options.max_message_bytes,
+            options.max_retained_buffer,
         )
         .map_err(|source| ClientError::Connect {
             address: address.into(),

@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::codec::Frame;
 
@@ -48,7 +48,119 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Reads one frame body of at most `max` bytes.
+/// Bytes asked of the stream at least per read, so small frames arrive in
+/// one system call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames from a stream through a buffer that is reused from frame to
+/// frame.
+///
+/// Frames are handed out as [`Bytes`] views of the buffer; once the caller
+/// drops them the buffer's memory is reclaimed for the next frame, so a
+/// stream of large frames does not fault in fresh pages for each one (on a
+/// virtual machine that costs more than the copy itself). Frames longer than
+/// `max_retained` get a buffer of their own, so a connection never keeps more
+/// than about `max_retained` bytes between frames.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    max_frame: usize,
+    max_retained: usize,
+}
+
+impl FrameReader {
+    /// A reader refusing frames over `max_frame` bytes and keeping a buffer
+    /// of at most about `max_retained` bytes.
+    pub fn new(max_frame: usize, max_retained: usize) -> Self {
+        FrameReader {
+            buf: BytesMut::new(),
+            max_frame,
+            max_retained,
+        }
+    }
+
+    /// Reads the next frame body.
+    pub fn read(&mut self, r: &mut impl Read) -> Result<Bytes, FrameError> {
+        while self.buf.len() < 4 {
+            if fill(r, &mut self.buf, 4)? == 0 {
+                return match self.buf.len() {
+                    0 => Err(FrameError::Closed),
+                    got => Err(FrameError::Truncated { got, want: 4 }),
+                };
+            }
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let total = 4 + len;
+        if total > self.max_retained && self.buf.len() < total {
+            // A one-off buffer: what is buffered of this frame, then the rest.
+            let mut body = BytesMut::with_capacity(len);
+            body.extend_from_slice(&self.buf[4..]);
+            self.buf.clear();
+            while body.len() < len {
+                if fill_exact(r, &mut body, len)? == 0 {
+                    return Err(FrameError::Truncated {
+                        got: body.len(),
+                        want: len,
+                    });
+                }
+            }
+            return Ok(body.freeze());
+        }
+        while self.buf.len() < total {
+            if fill(r, &mut self.buf, total)? == 0 {
+                return Err(FrameError::Truncated {
+                    got: self.buf.len() - 4,
+                    want: len,
+                });
+            }
+        }
+        self.buf.advance(4);
+        Ok(self.buf.split_to(len).freeze())
+    }
+}
+
+/// One `read` into `buf`'s spare capacity, growing it towards `want` bytes
+/// (or by [`READ_CHUNK`], reading ahead); returns the bytes read, 0 at end of stream.
+fn fill(r: &mut impl Read, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let room = want.saturating_sub(buf.len()).max(READ_CHUNK);
+    read_into(r, buf, room)
+}
+
+/// Like [`fill`] but never reads past `want` bytes in `buf`.
+fn fill_exact(r: &mut impl Read, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let room = want.saturating_sub(buf.len());
+    read_into(r, buf, room)
+}
+
+/// One `read` of at most `room` bytes appended to `buf`.
+fn read_into(r: &mut impl Read, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    buf.reserve(room);
+    let spare = &mut buf.spare_capacity_mut()[..room];
+    // SAFETY: `Read` implementations write into the slice and report how
+    // much they wrote; the streams used here (sockets, TLS) never read the
+    // uninitialised bytes. Only the `n` bytes written are exposed below.
+    let slice = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+    loop {
+        match r.read(slice) {
+            Ok(n) => {
+                // SAFETY: `n` bytes were just initialised by `read`.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads one frame body of at most `max` bytes, reading exactly that frame
+/// from the stream (no read-ahead; see [`FrameReader`] for connections).
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Bytes, FrameError> {
     let mut head = [0u8; 4];
     match read_full(r, &mut head)? {

@@ -251,3 +251,60 @@ fn truncated_frames_are_reported() {
         Err(FrameError::Truncated { got: 2, want: 4 })
     ));
 }
+
+#[test]
+fn frame_reader_reads_frames_split_and_joined_and_reuses_its_buffer() {
+    use farcall_core::framing::FrameReader;
+    // A reader that hands out at most 3 bytes per read.
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(3);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let msgs: Vec<Message> = (0..5)
+        .map(|i| Message::Reply {
+            id: i,
+            result: Ok(Value::Bytes(vec![i as u8; 100 * i as usize].into())),
+        })
+        .collect();
+    let mut wire = Vec::new();
+    for m in &msgs {
+        write_frame(&mut wire, &encode(m)).unwrap();
+    }
+    for (retain, trickle) in [(1 << 20, false), (1 << 20, true), (10, false), (10, true)] {
+        let mut reader = FrameReader::new(1 << 20, retain);
+        let mut whole = &wire[..];
+        let mut slow = Trickle(&wire);
+        for m in &msgs {
+            let body = if trickle {
+                reader.read(&mut slow)
+            } else {
+                reader.read(&mut whole)
+            }
+            .unwrap();
+            assert_eq!(body, encode(m).to_bytes());
+        }
+        let end = if trickle {
+            reader.read(&mut slow)
+        } else {
+            reader.read(&mut whole)
+        };
+        assert!(matches!(end, Err(FrameError::Closed)));
+    }
+    // Over the limit: refused from the header alone.
+    let mut reader = FrameReader::new(16, 1024);
+    assert!(matches!(
+        reader.read(&mut &[0u8, 0, 1, 0][..]),
+        Err(FrameError::TooLarge { len: 256, max: 16 })
+    ));
+    // Cut short inside the body.
+    let mut reader = FrameReader::new(1024, 1024);
+    assert!(matches!(
+        reader.read(&mut &[0u8, 0, 0, 9, 1, 2][..]),
+        Err(FrameError::Truncated { got: 2, want: 9 })
+    ));
+}

@@ -8,31 +8,41 @@
 //! println!("{}", listener.local_url());
 //! ```
 
-use std::io::BufReader;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use farcall_core::framing::{read_frame, write_frames};
+use farcall_core::framing::{write_frames, FrameReader};
 use farcall_core::{Connection, Frame, Listener, PeerInfo, TransportError};
 
-/// Read buffer size: small frames arrive with one `read` call.
-const READ_BUFFER: usize = 64 * 1024;
+/// The receive buffer a connection keeps between frames, at most.
+pub const DEFAULT_MAX_RETAINED: usize = 16 << 20;
+/// The same for accepted connections: a server has many, so it keeps less.
+const SERVER_MAX_RETAINED: usize = 4 << 20;
 
 /// A farcall connection over one TCP stream.
 #[derive(Debug)]
 pub struct TcpConnection {
-    reader: Mutex<BufReader<TcpStream>>,
+    reader: Mutex<(TcpStream, FrameReader)>,
     writer: Mutex<TcpStream>,
     control: TcpStream,
     peer: PeerInfo,
-    max_frame: usize,
 }
 
 impl TcpConnection {
     /// Wraps a connected stream; frames longer than `max_frame` are refused.
     pub fn new(stream: TcpStream, max_frame: usize) -> Result<Self, TransportError> {
+        Self::with_buffer(stream, max_frame, DEFAULT_MAX_RETAINED)
+    }
+
+    /// Like [`TcpConnection::new`], keeping a receive buffer of up to
+    /// `max_retained` bytes between frames (larger frames get their own).
+    pub fn with_buffer(
+        stream: TcpStream,
+        max_frame: usize,
+        max_retained: usize,
+    ) -> Result<Self, TransportError> {
         let io = |e| TransportError::io("setting up the TCP stream", e);
         stream.set_nodelay(true).map_err(io)?;
         let address = stream
@@ -40,9 +50,9 @@ impl TcpConnection {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
         Ok(TcpConnection {
-            reader: Mutex::new(BufReader::with_capacity(
-                READ_BUFFER,
+            reader: Mutex::new((
                 stream.try_clone().map_err(io)?,
+                FrameReader::new(max_frame, max_retained),
             )),
             writer: Mutex::new(stream.try_clone().map_err(io)?),
             control: stream,
@@ -51,7 +61,6 @@ impl TcpConnection {
                 address,
                 identity: None,
             },
-            max_frame,
         })
     }
 
@@ -60,6 +69,7 @@ impl TcpConnection {
         addr: &str,
         timeout: Option<Duration>,
         max_frame: usize,
+        max_retained: usize,
     ) -> Result<Self, TransportError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -72,7 +82,7 @@ impl TcpConnection {
                 None => TcpStream::connect(a),
             };
             match attempt {
-                Ok(s) => return Self::new(s, max_frame),
+                Ok(s) => return Self::with_buffer(s, max_frame, max_retained),
                 Err(e) => last = Some(e),
             }
         }
@@ -95,8 +105,9 @@ impl Connection for TcpConnection {
     }
 
     fn recv(&self) -> Result<Bytes, TransportError> {
-        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(read_frame(&mut *r, self.max_frame)?)
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let (stream, reader) = &mut *guard;
+        Ok(reader.read(stream)?)
     }
 
     fn peer(&self) -> &PeerInfo {
@@ -149,7 +160,11 @@ impl Listener for TcpListener {
             .inner
             .accept()
             .map_err(|e| TransportError::io("accepting", e))?;
-        Ok(Box::new(TcpConnection::new(stream, self.max_frame)?))
+        Ok(Box::new(TcpConnection::with_buffer(
+            stream,
+            self.max_frame,
+            SERVER_MAX_RETAINED,
+        )?))
     }
 
     fn local_url(&self) -> String {
