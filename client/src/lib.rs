@@ -236,10 +236,13 @@ impl Client {
         }
     }
 
-    /// Sends queued releases now (they also go out with the next request, or
-    /// within a few tens of milliseconds when the connection is idle).
+    /// Sends queued releases now and waits until the server has applied
+    /// them (they also go out with the next request, or within a few tens of
+    /// milliseconds when the connection is idle).
     pub fn flush_releases(&self) -> Result<(), ClientError> {
-        self.shared.flush_releases()
+        // A request carries the queued releases ahead of it, on the same
+        // stream, and the server applies them before serving it.
+        self.request(Request::Stats).map(drop)
     }
 
     /// Closes the connection; idempotent. Calls in flight fail with

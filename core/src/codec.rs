@@ -868,6 +868,21 @@ pub fn decode(frame: Bytes) -> Result<Message, DecodeError> {
     Decoder::new(frame).message()
 }
 
+/// Reads where a frame goes from its first bytes, without decoding it (a
+/// transport that maps requests to streams needs the request id). `None`
+/// for bytes that are not a well-formed message start.
+pub fn peek_route(frame: &[u8]) -> Option<Route> {
+    let mut d = Decoder::new(Bytes::copy_from_slice(&frame[..frame.len().min(24)]));
+    if d.array().ok()? == 0 {
+        return None;
+    }
+    Some(match d.uint().ok()? {
+        KIND_REQUEST => Route::Request(d.uint().ok()?),
+        KIND_REPLY_OK | KIND_REPLY_ERR => Route::Reply(d.uint().ok()?),
+        _ => Route::Oneway,
+    })
+}
+
 /// Encodes a single value on its own (used by the plugin ABI and tests).
 pub fn encode_value(v: &Value) -> Bytes {
     let mut e = Encoder::new();

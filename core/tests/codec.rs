@@ -308,3 +308,18 @@ fn frame_reader_reads_frames_split_and_joined_and_reuses_its_buffer() {
         Err(FrameError::Truncated { got: 2, want: 9 })
     ));
 }
+
+#[test]
+fn routes_can_be_read_without_decoding() {
+    use farcall_core::codec::peek_route;
+    use farcall_core::Route;
+    let req = encode(&Message::Request { id: 300, op: Request::Stats });
+    assert_eq!(req.route, Route::Request(300));
+    assert_eq!(peek_route(&req.to_bytes()), Some(Route::Request(300)));
+    let rep = encode(&Message::Reply { id: 1 << 40, result: Ok(Value::Bytes(vec![0u8; 100_000].into())) });
+    assert_eq!(peek_route(&rep.to_bytes()), Some(Route::Reply(1 << 40)));
+    let rel = encode(&Message::Release(vec![Release { id: 1, count: 1 }]));
+    assert_eq!(peek_route(&rel.to_bytes()), Some(Route::Oneway));
+    assert_eq!(peek_route(&[0xc1]), None);
+    assert_eq!(peek_route(&[]), None);
+}
