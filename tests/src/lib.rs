@@ -2,6 +2,8 @@
 //! (the embedded CPython, or a fake written in the test), and talk to them
 //! with real clients or raw sockets.
 
+pub mod relay;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, OnceLock};
