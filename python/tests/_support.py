@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import math
 import os
 import queue
@@ -32,7 +33,12 @@ STOP_TIMEOUT_S = 15.0
 #: How long an operation that must not hang (a failing call, a close) may take.
 PROMPT_S = 10.0
 
-LISTENING_RE = re.compile(r"^farcall listening on (?P<url>tcp://(?P<host>[^\s]+):(?P<port>\d+))\s*$")
+#: The transports farcall serves, in the order the suite runs them.
+TRANSPORTS = ("tcp", "tls", "quic")
+
+LISTENING_RE = re.compile(
+    r"^farcall listening on (?P<url>(?P<scheme>tcp|tls|quic)://(?P<host>[^\s]+):(?P<port>\d+))\s*$"
+)
 
 # Proxy variables would make the server's urllib talk to a proxy instead of
 # to our local hanging endpoint; the servers we start never need them.
@@ -64,6 +70,148 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 _server_numbers = itertools.count(1)
 
 
+@dataclass(frozen=True)
+class TlsMaterial:
+    """Certificates made by `farcall certs` for a test session.
+
+    `dir` holds the CA, the server certificate (for 127.0.0.1 and localhost)
+    and the client `alice`; `other_dir` holds a separate CA and its client
+    `mallory`, whom the servers must refuse.
+    """
+
+    dir: Path
+    other_dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.dir / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.dir / "alice.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "alice.key"
+
+    #: The name in the client certificate (`client_cert`).
+    client_name = "alice"
+
+    @property
+    def other_ca(self) -> Path:
+        return self.other_dir / "ca.pem"
+
+    @property
+    def other_client_cert(self) -> Path:
+        return self.other_dir / "mallory.pem"
+
+    @property
+    def other_client_key(self) -> Path:
+        return self.other_dir / "mallory.key"
+
+    def client_kwargs(self, scheme: str) -> dict[str, str]:
+        """What `farcall.connect` needs besides the URL: nothing for tcp, alice's TLS files otherwise."""
+        if scheme == "tcp":
+            return {}
+        return {"ca": str(self.ca), "cert": str(self.client_cert), "key": str(self.client_key)}
+
+
+def make_tls_material(root: Path) -> TlsMaterial:
+    """Run `farcall certs` twice: our CA, server and client `alice`; another CA with client `mallory`."""
+    material = TlsMaterial(root / "certs", root / "other-ca")
+    for out, args in (
+        (material.dir, ("--server-name", "127.0.0.1", "--server-name", "localhost", "--client", "alice")),
+        (material.other_dir, ("--client", "mallory")),
+    ):
+        done = run_farcall("certs", "--out", str(out), *args)
+        assert done.returncode == 0, (
+            f"`farcall certs --out {out} {' '.join(args)}` failed\nstdout: {done.stdout}\nstderr: {done.stderr}"
+        )
+    for path in (
+        material.ca,
+        material.server_cert,
+        material.server_key,
+        material.client_cert,
+        material.client_key,
+        material.other_ca,
+        material.other_client_cert,
+        material.other_client_key,
+    ):
+        assert path.is_file(), f"`farcall certs` did not write {path}"
+    return material
+
+
+def toml_str(value: object) -> str:
+    """A TOML basic string (JSON's escaping is valid TOML for paths and URLs)."""
+    return json.dumps(str(value))
+
+
+def server_config_text(
+    listen: Sequence[str], tls: TlsMaterial | None = None, *, relative_to: Path | None = None
+) -> str:
+    """A `farcall serve` config listening on `listen`, with a [tls] section when `tls` is given.
+
+    With `relative_to`, the TLS paths are written relative to that folder
+    (the folder the config file will live in).
+    """
+
+    def path(p: Path) -> str:
+        return toml_str(os.path.relpath(p, relative_to) if relative_to is not None else p)
+
+    text = "[server]\nlisten = [" + ", ".join(toml_str(url) for url in listen) + "]\n"
+    if tls is not None:
+        text += (
+            "\n[tls]\n"
+            f"cert = {path(tls.server_cert)}\n"
+            f"key = {path(tls.server_key)}\n"
+            f"client_ca = {path(tls.ca)}\n"
+        )
+    return text
+
+
+def write_server_config(
+    config_dir: Path, schemes: Sequence[str], tls: TlsMaterial | None, *, relative: bool = False
+) -> Path:
+    """Write a config listening on 127.0.0.1 port 0 for each scheme; the [tls] section if any is tls/quic."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    config = config_dir / f"farcall-{next(_server_numbers)}-{'-'.join(schemes)}.toml"
+    needs_tls = any(s != "tcp" for s in schemes)
+    config.write_text(
+        server_config_text(
+            [f"{s}://127.0.0.1:0" for s in schemes],
+            tls if needs_tls else None,
+            relative_to=config_dir if relative else None,
+        )
+    )
+    return config
+
+
+def start_transport_server(
+    scheme: str,
+    tls: TlsMaterial | None,
+    *,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT_S,
+) -> Server:
+    """`farcall serve --config FILE` listening on `scheme://127.0.0.1:0` only, with our TLS files."""
+    config = write_server_config(log_dir, [scheme], tls)
+    return start_server(("--config", str(config)), log_dir=log_dir, env=env, tls=tls, timeout=timeout)
+
+
+def tls_for(transport: str, request: Any) -> TlsMaterial | None:
+    """The session's TLS material when `transport` needs it (plain tcp does not depend on `farcall certs`)."""
+    return None if transport == "tcp" else request.getfixturevalue("tls_material")
+
+
 @dataclass
 class Server:
     """A running `farcall serve` process and what it printed."""
@@ -72,16 +220,56 @@ class Server:
     urls: list[str]
     log_path: Path
     stdout_lines: list[str] = field(default_factory=list)
+    #: The certificates its config uses, if any: `connect` presents alice's.
+    tls: TlsMaterial | None = None
 
     @property
     def url(self) -> str:
-        """First listener, e.g. 'tcp://127.0.0.1:40123'."""
+        """First listener, e.g. 'tcp://127.0.0.1:40123' or 'quic://127.0.0.1:40123'."""
         return self.urls[0]
+
+    @property
+    def scheme(self) -> str:
+        """The first listener's transport: 'tcp', 'tls' or 'quic'."""
+        return self.url.split("://", 1)[0]
 
     @property
     def address(self) -> str:
         """First listener as 'host:port', e.g. '127.0.0.1:40123'."""
-        return self.url.removeprefix("tcp://")
+        return self.url.split("://", 1)[1]
+
+    def url_of(self, scheme: str) -> str:
+        """The first listener of transport `scheme`."""
+        for url in self.urls:
+            if url.startswith(f"{scheme}://"):
+                return url
+        raise AssertionError(f"the server has no {scheme}:// listener: {self.urls}")
+
+    @property
+    def connect_kwargs(self) -> dict[str, str]:
+        """The keyword arguments `farcall.connect` needs for `url`: TLS files for tls/quic."""
+        if self.scheme == "tcp":
+            return {}
+        assert self.tls is not None, f"a {self.scheme}:// server started without TLS material"
+        return self.tls.client_kwargs(self.scheme)
+
+    def connect(self, url: str | None = None, **kwargs: Any) -> Any:
+        """`farcall.connect` to our first listener (or `url`), as alice for tls/quic.
+
+        Other keyword arguments pass through and override the defaults
+        (`cert=None` connects without a client certificate).
+        """
+        import farcall
+
+        url = url or self.url
+        scheme = url.split("://", 1)[0] if "://" in url else "tcp"
+        options: dict[str, Any] = {}
+        if scheme != "tcp":
+            assert self.tls is not None, f"a {scheme}:// server started without TLS material"
+            options.update(self.tls.client_kwargs(scheme))
+        options.update(kwargs)
+        options = {k: v for k, v in options.items() if v is not None}
+        return farcall.connect(url, **options)
 
     @property
     def port(self) -> int:
@@ -131,8 +319,12 @@ def start_server(
     env: dict[str, str] | None = None,
     listeners: int = 1,
     timeout: float = STARTUP_TIMEOUT_S,
+    tls: TlsMaterial | None = None,
 ) -> Server:
-    """Start `farcall serve ARGS...` and wait until it printed `listeners` listening lines."""
+    """Start `farcall serve ARGS...` and wait until it printed `listeners` listening lines.
+
+    `tls` is the material its config uses, so that `Server.connect` can present it.
+    """
     binary = farcall_bin()
     if not binary.is_file():
         raise AssertionError(
@@ -163,7 +355,7 @@ def start_server(
 
     threading.Thread(target=pump, name=f"farcall-stdout-{process.pid}", daemon=True).start()
 
-    server = Server(process, [], log_path, seen)
+    server = Server(process, [], log_path, seen, tls)
     deadline = _Deadline(timeout)
     while len(server.urls) < listeners:
         try:

@@ -13,7 +13,7 @@ import threading
 
 import farcall
 import pytest
-from _support import PROMPT_S, HangingHttpEndpoint, InThread, Server, finishes, start_hanging_call
+from _support import PROMPT_S, HangingHttpEndpoint, InThread, Server, TlsMaterial, finishes, start_hanging_call
 
 # -- the public API ------------------------------------------------------------
 
@@ -45,14 +45,14 @@ def test_package_is_typed() -> None:
 
 
 def test_close_is_idempotent(server: Server) -> None:
-    conn = farcall.connect(server.address)
+    conn = server.connect()
     conn.close()
     conn.close()
     assert conn.closed is True
 
 
 def test_context_manager_closes(server: Server) -> None:
-    with farcall.connect(server.address) as conn:
+    with server.connect() as conn:
         assert isinstance(conn, farcall.Connection)
         assert conn.closed is False
         assert conn.modules.math.pow(3, 2) == 9.0
@@ -62,13 +62,13 @@ def test_context_manager_closes(server: Server) -> None:
 
 def test_context_manager_closes_when_the_block_raises(server: Server) -> None:
     with pytest.raises(RuntimeError):
-        with farcall.connect(server.address) as conn:
+        with server.connect() as conn:
             raise RuntimeError("boom")
     assert conn.closed is True
 
 
 def test_calls_after_close_raise_connection_lost(server: Server) -> None:
-    conn = farcall.connect(server.address)
+    conn = server.connect()
     remote_math = conn.modules.math
     remote_pow = remote_math.pow
     conn.close()
@@ -87,24 +87,38 @@ def test_calls_after_close_raise_connection_lost(server: Server) -> None:
 
 
 def test_connect_with_a_timeout(server: Server) -> None:
-    with farcall.connect(server.address, timeout=30.0) as conn:
+    with server.connect(timeout=30.0) as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
 
 
-def test_connect_to_a_closed_port_fails_promptly() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]
+def _free_port(transport: str) -> int:
+    """A port nothing listens on now (bound, then released): UDP for quic, TCP otherwise."""
+    kind = socket.SOCK_DGRAM if transport == "quic" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_connect_to_a_closed_port_fails_promptly(transport: str, tls_material: TlsMaterial) -> None:
+    port = _free_port(transport)
     # Nothing listens there now (the port was just released).
     with pytest.raises((farcall.FarcallError, OSError)):
-        finishes(farcall.connect, f"127.0.0.1:{port}", timeout=5.0)
+        url = f"{transport}://127.0.0.1:{port}"
+        finishes(farcall.connect, url, timeout=2.0, **tls_material.client_kwargs(transport))
 
 
-def test_connect_to_a_silent_peer_times_out() -> None:
-    """A peer that accepts TCP but never answers the handshake makes connect fail, not hang."""
-    with socket.create_server(("127.0.0.1", 0)) as silent:
+def test_connect_to_a_silent_peer_times_out(transport: str, tls_material: TlsMaterial) -> None:
+    """A peer that accepts TCP (or receives UDP) but never answers makes connect fail, not hang."""
+    if transport == "quic":
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+    else:
+        silent = socket.create_server(("127.0.0.1", 0))
+    with silent:
         port = silent.getsockname()[1]
-        attempt = InThread(farcall.connect, f"127.0.0.1:{port}", timeout=1.0)
-        assert attempt.join(30), "connect(timeout=1.0) to a peer that never answers hung"
+        url = f"{transport}://127.0.0.1:{port}"
+        attempt = InThread(farcall.connect, url, timeout=1.0, **tls_material.client_kwargs(transport))
+        assert attempt.join(30), f"connect({url!r}, timeout=1.0) to a peer that never answers hung"
     assert attempt.error is not None, "connect to a silent peer succeeded"
     assert isinstance(attempt.error, (farcall.FarcallError, OSError)), repr(attempt.error)
 
@@ -160,7 +174,7 @@ def test_embedded_python_is_the_one_the_build_used(conn: farcall.Connection) -> 
 
 def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -> None:
     srv = start_extra_server()
-    conn = farcall.connect(srv.address)
+    conn = srv.connect()
     try:
         assert conn.modules.math.pow(3, 2) == 9.0
         sleep = conn.modules.time.sleep
@@ -177,7 +191,7 @@ def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -
 def test_server_killed_mid_call_raises_connection_lost(start_extra_server) -> None:
     """The call is provably running on the server (it reached our endpoint) when the server dies."""
     srv = start_extra_server()
-    conn = farcall.connect(srv.address)
+    conn = srv.connect()
     try:
         with HangingHttpEndpoint() as endpoint:
             call = start_hanging_call(conn, endpoint)
@@ -191,19 +205,19 @@ def test_server_killed_mid_call_raises_connection_lost(start_extra_server) -> No
 
 def test_close_during_a_call_raises_connection_lost(start_extra_server) -> None:
     srv = start_extra_server()
-    conn = farcall.connect(srv.address)
+    conn = srv.connect()
     with HangingHttpEndpoint() as endpoint:
         call = start_hanging_call(conn, endpoint)
         finishes(conn.close)
         with pytest.raises(farcall.ConnectionLost):
             call.outcome(PROMPT_S, "a call on a connection closed under it")
-    with farcall.connect(srv.address) as other:
+    with srv.connect() as other:
         assert other.modules.math.pow(3, 2) == 9.0
 
 
 def test_server_stopped_with_sigterm_while_a_client_is_connected(start_extra_server) -> None:
     srv = start_extra_server()
-    conn = farcall.connect(srv.address)
+    conn = srv.connect()
     assert conn.modules.math.pow(3, 2) == 9.0
     assert srv.stop() == 0, srv.describe()
     with pytest.raises(farcall.ConnectionLost):
@@ -274,7 +288,7 @@ def test_threads_moving_large_payloads_do_not_mix_them_up(conn: farcall.Connecti
 
 def test_a_slow_call_does_not_block_other_calls_on_the_same_connection(start_extra_server) -> None:
     srv = start_extra_server()
-    with farcall.connect(srv.address) as conn:
+    with srv.connect() as conn:
         with HangingHttpEndpoint() as endpoint:
             call = start_hanging_call(conn, endpoint)
             assert finishes(lambda: conn.modules.math.pow(3, 2)) == 9.0
@@ -287,7 +301,7 @@ def test_a_slow_call_does_not_block_other_calls_on_the_same_connection(start_ext
 def test_a_waiting_thread_releases_the_gil(start_extra_server) -> None:
     """While one thread waits for a reply, other Python threads keep running."""
     srv = start_extra_server()
-    with farcall.connect(srv.address) as conn:
+    with srv.connect() as conn:
         with HangingHttpEndpoint() as endpoint:
             call = start_hanging_call(conn, endpoint)
             # This thread runs Python while `call` waits: a loop that needs the GIL.
@@ -301,8 +315,8 @@ def test_a_waiting_thread_releases_the_gil(start_extra_server) -> None:
 
 
 def test_two_connections_are_independent(server: Server) -> None:
-    first = farcall.connect(server.address)
-    second = farcall.connect(server.address)
+    first = server.connect()
+    second = server.connect()
     try:
         first_list = first.modules.builtins.list((1, 2))
         with pytest.raises(ZeroDivisionError):
@@ -320,5 +334,5 @@ def test_two_connections_are_independent(server: Server) -> None:
 
 def test_many_connections_in_turn(server: Server) -> None:
     for i in range(50):
-        with farcall.connect(server.address) as conn:
+        with server.connect() as conn:
             assert conn.modules.operator.add(i, 1) == i + 1

@@ -28,7 +28,7 @@ def test_module_proxies_are_cached_per_connection(conn: farcall.Connection) -> N
 
 
 def test_each_connection_has_its_own_module_proxies(server: Server, conn: farcall.Connection) -> None:
-    with farcall.connect(server.address) as other:
+    with server.connect() as other:
         assert other.modules.math is not conn.modules.math
         assert other.modules.math.pow(2, 3) == conn.modules.math.pow(2, 3) == 8.0
 
@@ -133,7 +133,7 @@ def test_modules_come_from_the_server_side(start_extra_server, tmp_path: Path) -
         __import__("farcall_server_only")
 
     srv = start_extra_server(env={"PYTHONPATH": str(site)})
-    with farcall.connect(srv.address) as conn:
+    with srv.connect() as conn:
         remote = conn.modules.farcall_server_only
         assert remote.WHERE == "server"
         assert remote.pid() == srv.pid
@@ -154,7 +154,7 @@ def test_setting_an_attribute_is_refused_and_changes_nothing(server: Server, con
     assert isinstance(info.value, PermissionError)
     assert isinstance(info.value, farcall.FarcallError)
     assert remote_math.pi == math.pi
-    with farcall.connect(server.address) as other:
+    with server.connect() as other:
         assert other.modules.math.pi == math.pi
 
 
@@ -256,8 +256,8 @@ def test_closing_a_connection_releases_its_objects(start_extra_server, tmp_path:
     site.mkdir()
     (site / "farcall_tracker.py").write_text(TRACKER_MODULE)
     srv = start_extra_server(env={"PYTHONPATH": str(site)})
-    with farcall.connect(srv.address) as observer:
-        holder = farcall.connect(srv.address)
+    with srv.connect() as observer:
+        holder = srv.connect()
         objects = [holder.modules.farcall_tracker.Tracked() for _ in range(10)]
         assert observer.modules.farcall_tracker.live == 10
         holder.close()

@@ -10,6 +10,7 @@ import pytest
 from _support import REPO, Server, assert_shows_remote_traceback
 
 
+@pytest.mark.transports("tcp", reason="'host:port' without a scheme means plain TCP")
 @pytest.mark.parametrize("form", ["host:port", "tcp://host:port"])
 def test_connect_accepts_both_address_forms(server: Server, form: str) -> None:
     address = server.address if form == "host:port" else server.url
@@ -21,8 +22,12 @@ def test_connect_accepts_both_address_forms(server: Server, form: str) -> None:
 
 
 def test_connect_by_host_name(server: Server) -> None:
-    """The seed's first requirement: connect by host name, not only by IP."""
-    with farcall.connect(f"localhost:{server.port}") as conn:
+    """The seed's first requirement: connect by host name, not only by IP.
+
+    For tls/quic the name dialled is also the name checked in the server's
+    certificate (made for 127.0.0.1 and localhost).
+    """
+    with server.connect(f"{server.scheme}://localhost:{server.port}") as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
 
 
@@ -61,7 +66,7 @@ def test_no_such_module_raises_module_not_found_error(conn: farcall.Connection) 
 
 
 def test_close(server: Server) -> None:
-    conn = farcall.connect(server.address)
+    conn = server.connect()
     assert conn.closed is False
     conn.close()
     assert conn.closed is True
@@ -71,7 +76,7 @@ def test_the_example_verbatim(server: Server) -> None:
     """The issue's block, in order, on one connection."""
     from farcall import connect
 
-    conn = connect(server.address)
+    conn = connect(server.url, **server.connect_kwargs)
     remote_math = conn.modules.math
     assert remote_math.pow(3, 2) == 9.0
     assert conn.modules.os.path.sep == "/"
@@ -83,6 +88,7 @@ def test_the_example_verbatim(server: Server) -> None:
     conn.close()
 
 
+@pytest.mark.transports("tcp", reason="the script takes only an address, with no TLS options")
 def test_seed_example_script_runs_against_the_server(server: Server) -> None:
     """scripts/seed_example.py (what scripts/demo runs) passes against a real server."""
     done = subprocess.run(

@@ -1,32 +1,52 @@
-"""`farcall serve` as an operator runs it: listening line, config files, the
-insecure-TCP rule, and stopping on signals."""
+"""`farcall serve` as an operator runs it: listening line, config files (with
+TLS files for tls/quic), the insecure-TCP rule, and stopping on signals."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
 
-import farcall
 import pytest
-from _support import LISTENING_RE, Server, run_farcall
+from _support import LISTENING_RE, TRANSPORTS, Server, TlsMaterial, run_farcall, server_config_text, write_server_config
 
 LOOPBACK_PORT_0 = ("--listen", "tcp://127.0.0.1:0")
 
 
-def test_listening_line_names_the_real_port(server: Server) -> None:
-    assert server.url.startswith("tcp://127.0.0.1:")
+def test_listening_line_names_the_real_port(server: Server, transport: str) -> None:
+    assert server.url.startswith(f"{transport}://127.0.0.1:")
+    assert server.scheme == transport
     assert server.port != 0
     assert LISTENING_RE.match(f"farcall listening on {server.url}")
 
 
-def test_serve_from_a_config_file(start_extra_server, tmp_path: Path) -> None:
-    config = tmp_path / "farcall.toml"
-    config.write_text('[server]\nlisten = ["tcp://127.0.0.1:0"]\n\n[evaluator]\nbackend = "embedded"\n')
+@pytest.mark.parametrize("paths", ["absolute", "relative"])
+def test_serve_from_a_config_file(
+    start_extra_server, transport: str, tls_material: TlsMaterial, tmp_path: Path, paths: str
+) -> None:
+    """A config file with [evaluator]; for tls/quic its [tls] paths are absolute, or relative to the file's folder."""
+    config_dir = tmp_path / "etc"
+    config = write_server_config(config_dir, [transport], tls_material, relative=paths == "relative")
+    config.write_text(config.read_text() + '\n[evaluator]\nbackend = "embedded"\n')
     srv = start_extra_server("--config", str(config))
-    with farcall.connect(srv.address) as conn:
+    assert srv.scheme == transport
+    with srv.connect() as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
         assert conn.server_info["backend"] == "embedded"
+
+
+def test_one_server_listens_on_every_transport_at_once(
+    start_server_with_args, tls_material: TlsMaterial, tmp_path: Path
+) -> None:
+    """`listen` takes several URLs; the listening lines come in its order, and all reach one process."""
+    config = write_server_config(tmp_path, TRANSPORTS, tls_material)
+    srv = start_server_with_args("--config", str(config), listeners=len(TRANSPORTS), tls=tls_material)
+    assert [url.split("://")[0] for url in srv.urls] == list(TRANSPORTS), srv.urls
+    for scheme in TRANSPORTS:
+        with srv.connect(srv.url_of(scheme)) as conn:
+            assert conn.modules.math.pow(3, 2) == 9.0
+            assert conn.modules.os.getpid() == srv.pid, scheme
 
 
 # (file content, the offending key, its line number)
@@ -57,6 +77,40 @@ def test_bad_config_names_file_line_and_key(tmp_path: Path, case: tuple[str, str
     assert re.search(rf"(:{line}\b|line {line}\b)", done.stderr), f"line {line} not named in:\n{done.stderr}"
 
 
+@pytest.mark.parametrize("scheme", ["tls", "quic"])
+def test_secured_listener_without_certificate_files_is_refused(tmp_path: Path, scheme: str) -> None:
+    """A tls:// or quic:// listener needs cert, key and client_ca; the error names what is missing."""
+    config = tmp_path / "farcall.toml"
+    config.write_text(server_config_text([f"{scheme}://127.0.0.1:0"]))
+    done = run_farcall("serve", "--config", str(config))
+    assert done.returncode != 0, f"a {scheme}:// listener without [tls] was served\nstdout: {done.stdout}"
+    assert "listening on" not in done.stdout
+    for missing in ("cert", "key", "client_ca"):
+        assert missing in done.stderr, f"{missing!r} not named in:\n{done.stderr}"
+
+
+@pytest.mark.parametrize("scheme", ["tls", "quic"])
+@pytest.mark.parametrize("field", ["cert", "key", "client_ca"])
+def test_certificate_files_that_do_not_exist_or_parse_are_named(
+    tmp_path: Path, tls_material: TlsMaterial, scheme: str, field: str
+) -> None:
+    files = {"cert": tls_material.server_cert, "key": tls_material.server_key, "client_ca": tls_material.ca}
+    for problem in ("missing", "garbage"):
+        bad = tmp_path / f"bad-{problem}-{field}.pem"
+        if problem == "garbage":
+            bad.write_text("this is not PEM\n")
+        config = tmp_path / f"farcall-{problem}.toml"
+        config.write_text(
+            server_config_text([f"{scheme}://127.0.0.1:0"])
+            + "\n[tls]\n"
+            + "".join(f"{name} = {json.dumps(str(bad if name == field else path))}\n" for name, path in files.items())
+        )
+        done = run_farcall("serve", "--config", str(config))
+        assert done.returncode != 0, f"a {problem} {field} file was accepted\nstdout: {done.stdout}"
+        assert "listening on" not in done.stdout
+        assert bad.name in done.stderr, f"{problem} {field} file {bad.name} not named in:\n{done.stderr}"
+
+
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     done = run_farcall("serve", "--config", str(missing), *LOOPBACK_PORT_0)
@@ -79,11 +133,11 @@ def test_non_loopback_plain_tcp_in_config_is_refused_without_insecure(tmp_path: 
     assert "insecure" in done.stderr, done.stderr
 
 
-def test_non_loopback_plain_tcp_with_insecure_true(start_extra_server, tmp_path: Path) -> None:
+def test_non_loopback_plain_tcp_with_insecure_true(start_server_with_args, tmp_path: Path) -> None:
     config = tmp_path / "farcall.toml"
     config.write_text('[server]\nlisten = ["tcp://0.0.0.0:0"]\ninsecure = true\n')
-    srv = start_extra_server("--config", str(config))
-    with farcall.connect(f"127.0.0.1:{srv.port}") as conn:  # reached over loopback only
+    srv = start_server_with_args("--config", str(config))
+    with srv.connect(f"127.0.0.1:{srv.port}") as conn:  # reached over loopback only
         assert conn.modules.math.pow(3, 2) == 9.0
 
 
@@ -96,14 +150,14 @@ def test_unsupported_listen_scheme_is_refused() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signals_stop_the_server_cleanly(start_extra_server, sig: int) -> None:
     srv = start_extra_server()
-    with farcall.connect(srv.address) as conn:
+    with srv.connect() as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
     assert srv.stop(sig) == 0, srv.describe()
 
 
 def test_server_logs_the_embedded_python(server: Server) -> None:
     """At start-up the server logs the embedded Python's version and sys.prefix."""
-    with farcall.connect(server.address) as conn:
+    with server.connect() as conn:
         info = conn.server_info
     log = server.log()
     assert info["python_version"] in log, log

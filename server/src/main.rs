@@ -18,11 +18,17 @@ use tracing::info;
 
 const USAGE: &str = "\
 usage: farcall serve [--config FILE] [--listen URL]...
+       farcall certs --out DIR [--server-name NAME]... [--client NAME]...
        farcall --version
 
 serve     run a server. Without options: tcp://127.0.0.1:1227, embedded CPython.
           --config FILE   a TOML file (see DESIGN.md, Configuration)
-          --listen URL    tcp://HOST:PORT (repeatable; replaces [server] listen)
+          --listen URL    tcp://, tls:// or quic://HOST:PORT (repeatable;
+                          replaces [server] listen)
+certs     make TLS material in DIR: a CA (ca.pem, ca.key; an existing one is
+          reused, never overwritten), a server certificate for the names and
+          IP addresses clients dial (server.pem, server.key), and one client
+          certificate per --client (NAME.pem, NAME.key). Keys are mode 0600.
 
 Logs go to stderr (filter with FARCALL_LOG, e.g. FARCALL_LOG=debug); each
 listening address is printed on stdout as `farcall listening on URL`.";
@@ -164,6 +170,44 @@ fn serve(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn certs(args: &[String]) -> Result<()> {
+    let mut out = None;
+    let mut server_names = Vec::new();
+    let mut clients = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        let value = inline.or_else(|| it.next().cloned()).with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        match flag {
+            "--out" => out = Some(PathBuf::from(value)),
+            "--server-name" => server_names.push(value),
+            "--client" => clients.push(value),
+            _ => bail!("unknown argument `{a}`\n\n{USAGE}"),
+        }
+    }
+    let Some(out) = out else { bail!("farcall certs needs --out DIR\n\n{USAGE}") };
+    if server_names.is_empty() && clients.is_empty() && out.join("ca.pem").exists() {
+        bail!("{} already holds a CA; say what to issue with --server-name or --client", out.display());
+    }
+    let set = farcall_tls::write_certificate_set(&out, &server_names, &clients)?;
+    let mut stdout = std::io::stdout().lock();
+    if set.new_ca {
+        writeln!(stdout, "made a new CA: {} (its key ca.key must stay private)", set.ca.display())?;
+    } else {
+        writeln!(stdout, "reused the CA in {}", set.ca.display())?;
+    }
+    if let Some((pem, key)) = &set.server {
+        writeln!(stdout, "server certificate for {}: {} {}", server_names.join(", "), pem.display(), key.display())?;
+    }
+    for ((pem, key), name) in set.clients.iter().zip(&clients) {
+        writeln!(stdout, "client certificate for {name}: {} {}", pem.display(), key.display())?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -176,6 +220,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
+        Some("certs") => certs(&args[1..]),
         Some("--version" | "-V" | "version") => {
             println!("farcall {}", farcall_core::handshake::FARCALL_VERSION);
             Ok(())

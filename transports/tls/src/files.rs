@@ -123,7 +123,9 @@ pub fn write_certificate_set(dir: &Path, server_names: &[String], clients: &[Str
     let (ca, new_ca) = match (ca_pem.exists(), ca_key.exists()) {
         (true, true) => (Authority::from_pem(&read(&ca_pem)?, &read(&ca_key)?)?, false),
         (false, false) => {
-            let ca = Authority::new("farcall CA")?;
+            // A name of its own, so two farcall CAs never look alike to a verifier.
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let ca = Authority::new(&format!("farcall CA {stamp:x}"))?;
             write_new(&ca_key, ca.key_pem(), true)?;
             write_new(&ca_pem, ca.cert_pem(), false)?;
             (ca, true)

@@ -226,6 +226,10 @@ pub fn server_config(identity: &PemPair, client_ca_pem: &[u8], alpn: &[&[u8]]) -
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs_from_pem("server certificate", identity.cert.as_bytes())?, key_from_pem("server key", identity.key.as_bytes())?)
         .map_err(|e| TlsError::Config(format!("server certificate and key: {e}")))?;
+    // No resumption: every connection proves its client certificate afresh,
+    // so a certificate that expires or is replaced cannot ride on a ticket.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
