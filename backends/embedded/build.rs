@@ -16,25 +16,14 @@ fn main() {
     let python = config
         .executable()
         .map(str::to_owned)
-        .or_else(|| {
-            config.lib_dir().map(|lib| {
-                Path::new(lib)
-                    .join("..")
-                    .join("bin")
-                    .join("python3")
-                    .to_string_lossy()
-                    .into_owned()
-            })
-        })
+        .or_else(|| config.lib_dir().map(|lib| Path::new(lib).join("..").join("bin").join("python3").to_string_lossy().into_owned()))
         .unwrap_or_else(|| "python3".to_owned());
     println!("cargo:rustc-env=FARCALL_BUILD_PYTHON={python}");
 
-    let extension_module = std::env::var_os("CARGO_FEATURE_EXTENSION_MODULE").is_some()
-        || std::env::var_os("PYO3_BUILD_EXTENSION_MODULE").is_some();
+    let extension_module =
+        std::env::var_os("CARGO_FEATURE_EXTENSION_MODULE").is_some() || std::env::var_os("PYO3_BUILD_EXTENSION_MODULE").is_some();
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if let (Some(lib_dir), false, false) =
-        (config.lib_dir(), extension_module, target_os == "windows")
-    {
+    if let (Some(lib_dir), false, false) = (config.lib_dir(), extension_module, target_os == "windows") {
         // For every linked target of this package (integration tests, unit
         // tests, doctests, benches); a library itself is not linked, so
         // dependents are unaffected.

@@ -1,17 +1,14 @@
 //! The seed's example, from Rust: `cargo run -p farcall-client --example seed [ADDRESS]`
 //! against a running `farcall serve` (default 127.0.0.1:1227).
 
-use farcall_client::{Client, ClientError, Options, Remote, RemoteObject};
+use farcall_client::{Client, ClientError, Options, Remote, RemoteObject, TlsOptions};
 
 /// Runs the example against `address`, returning what it printed.
-pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
+pub fn run(address: &str, options: &Options) -> Result<Vec<String>, ClientError> {
     let mut out = Vec::new();
-    let conn = Client::connect(address, &Options::default())?;
+    let conn = Client::connect(address, options)?;
     let s = conn.server();
-    out.push(format!(
-        "connected: farcall {} serving Python {} ({})",
-        s.farcall_version, s.python_version, s.backend
-    ));
+    out.push(format!("connected: farcall {} serving Python {} ({})", s.farcall_version, s.python_version, s.backend));
 
     // conn.modules.math.pow(3, 2)
     let math = conn.module("math")?;
@@ -37,15 +34,8 @@ pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
     let sqrt: RemoteObject = math.getattr("sqrt")?.extract()?;
     match sqrt.call(vec![Remote::Int(-1)]) {
         Err(ClientError::Remote(e)) if e.qualified_type() == "builtins.ValueError" => {
-            assert!(
-                e.traceback.contains("Traceback"),
-                "the remote traceback travels with the error"
-            );
-            out.push(format!(
-                "math.sqrt(-1) raised {}: {}",
-                e.qualified_type(),
-                e.message
-            ));
+            assert!(e.traceback.contains("Traceback"), "the remote traceback travels with the error");
+            out.push(format!("math.sqrt(-1) raised {}: {}", e.qualified_type(), e.message));
         }
         other => panic!("math.sqrt(-1) should raise ValueError, got {other:?}"),
     }
@@ -61,12 +51,16 @@ pub fn run(address: &str) -> Result<Vec<String>, ClientError> {
     Ok(out)
 }
 
+/// `seed [ADDRESS [CA CERT KEY]]`: the TLS files are needed for tls:// and quic://.
 #[allow(dead_code)] // the tests include this file and call `run`
 fn main() -> Result<(), ClientError> {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:1227".into());
-    for line in run(&address)? {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let address = args.first().cloned().unwrap_or_else(|| "127.0.0.1:1227".into());
+    let mut options = Options::default();
+    if let [_, ca, cert, key] = args.as_slice() {
+        options.tls = Some(TlsOptions { ca: ca.into(), cert: Some(cert.into()), key: Some(key.into()), server_name: None });
+    }
+    for line in run(&address, &options)? {
         println!("{line}");
     }
     Ok(())

@@ -12,6 +12,10 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// TLS material could not be used (a missing or unreadable file, a key
+    /// that does not match its certificate).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The connection could not be established.
     #[error("could not connect to {address}: {source}")]
     Connect {

@@ -27,10 +27,7 @@ use std::time::Duration;
 
 use farcall_core::handshake::{self, ClientHello, ServerHello};
 use farcall_core::session::{release_frame, reply_frame};
-use farcall_core::{
-    Connection, Frame, Incoming, RefDesc, RefId, ReleaseQueue, RemoteException, Request, Route,
-    Session, Value,
-};
+use farcall_core::{Connection, Frame, Incoming, RefDesc, RefId, ReleaseQueue, RemoteException, Request, Route, Session, Value};
 
 pub use error::ClientError;
 pub use farcall_core::handshake::ServerHello as ServerInfo;
@@ -49,7 +46,26 @@ pub struct Options {
     /// The receive buffer kept between replies, at most: large replies that
     /// fit are received without faulting in fresh memory each time.
     pub max_retained_buffer: usize,
+    /// Certificates for `tls://` and `quic://` (required by those schemes).
+    pub tls: Option<TlsOptions>,
 }
+
+/// The client side of mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// The CA that signed the server's certificate (PEM file).
+    pub ca: std::path::PathBuf,
+    /// This client's certificate (PEM file); servers require one.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM file).
+    pub key: Option<std::path::PathBuf>,
+    /// The name to verify the server's certificate against; defaults to the
+    /// host part of the address.
+    pub server_name: Option<String>,
+}
+
+/// ALPN protocol id of farcall over TLS and QUIC.
+pub const ALPN: &[u8] = b"farcall/1";
 
 impl Default for Options {
     fn default() -> Self {
@@ -58,6 +74,7 @@ impl Default for Options {
             max_message_bytes: u32::MAX as usize,
             client_name: format!("farcall-client {}", handshake::FARCALL_VERSION),
             max_retained_buffer: 64 << 20,
+            tls: None,
         }
     }
 }
@@ -74,12 +91,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Client({} session {})",
-            self.shared.conn.peer(),
-            self.shared.server.session
-        )
+        write!(f, "Client({} session {})", self.shared.conn.peer(), self.shared.server.session)
     }
 }
 
@@ -118,12 +130,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Splits `tcp://host:port` or `host:port` into scheme and `host:port`.
+/// Splits `scheme://host:port` or `host:port` (TCP) into scheme and `host:port`.
 fn parse_address(address: &str) -> Result<(&str, &str), ClientError> {
-    let bad = |reason: &str| ClientError::Address {
-        address: address.into(),
-        reason: reason.into(),
-    };
+    let bad = |reason: &str| ClientError::Address { address: address.into(), reason: reason.into() };
     let (scheme, rest) = match address.split_once("://") {
         Some((s, r)) => (s, r),
         None => ("tcp", address),
@@ -132,40 +141,39 @@ fn parse_address(address: &str) -> Result<(&str, &str), ClientError> {
         return Err(bad("expected host:port"));
     }
     match scheme {
-        "tcp" => Ok((scheme, rest)),
-        "tls" | "quic" => Err(bad("tls:// and quic:// are not available in this build yet; use tcp:// on a trusted network")),
-        _ => Err(bad("unknown scheme; use tcp://")),
+        "tcp" | "tls" => Ok((scheme, rest)),
+        "quic" => Err(bad("quic:// is not available in this build yet")),
+        _ => Err(bad("unknown scheme; use tcp://, tls:// or quic://")),
     }
 }
 
 impl Client {
-    /// Connects to `address` (`host:port` or `tcp://host:port`) and performs the handshake.
+    /// Connects to `address` (`host:port`, `tcp://`, `tls://` or
+    /// `quic://host:port`) and performs the handshake. `tls://` and `quic://`
+    /// need [`Options::tls`].
     pub fn connect(address: &str, options: &Options) -> Result<Client, ClientError> {
-        let (_, hostport) = parse_address(address)?;
-        let timeout = options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let conn = farcall_transport_tcp::TcpConnection::connect(
-            hostport,
-            Some(timeout),
-            options.max_message_bytes,
-            options.max_retained_buffer,
-        )
-        .map_err(|source| ClientError::Connect {
-            address: address.into(),
-            source,
-        })?;
-        Self::over(Box::new(conn), options)
+        let (scheme, hostport) = parse_address(address)?;
+        let timeout = Some(options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        let (max, retain) = (options.max_message_bytes, options.max_retained_buffer);
+        let failed = |source| ClientError::Connect { address: address.into(), source };
+        let conn: Box<dyn Connection> = match scheme {
+            "tcp" => Box::new(farcall_transport_tcp::TcpConnection::connect(hostport, timeout, max, retain).map_err(failed)?),
+            _ => {
+                let (config, server_name) = tls_config(address, hostport, options)?;
+                Box::new(
+                    farcall_transport_tcp::TlsConnection::connect(hostport, &server_name, config, timeout, max, retain).map_err(failed)?,
+                )
+            }
+        };
+        Self::over(conn, options)
     }
 
     /// Performs the handshake over an established connection of any transport.
     pub fn over(conn: Box<dyn Connection>, options: &Options) -> Result<Client, ClientError> {
-        let lost = |e: farcall_core::TransportError| {
-            ClientError::ConnectionLost(format!("during the handshake: {e}"))
-        };
-        conn.set_recv_timeout(Some(options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
-            .map_err(lost)?;
+        let lost = |e: farcall_core::TransportError| ClientError::ConnectionLost(format!("during the handshake: {e}"));
+        conn.set_recv_timeout(Some(options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))).map_err(lost)?;
         let hello = handshake::encode(&ClientHello::new(options.client_name.clone()));
-        conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())])
-            .map_err(lost)?;
+        conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())]).map_err(lost)?;
         let reply = conn.recv().map_err(lost)?;
         let server = handshake::decode_server_reply(&reply)?;
         conn.set_recv_timeout(None).map_err(lost)?;
@@ -210,12 +218,8 @@ impl Client {
         if let Some(inner) = lock(&self.shared.modules).get(name) {
             return Ok(self.object(inner.clone()));
         }
-        let m: RemoteObject = self
-            .request(Request::GetModule { name: name.into() })?
-            .extract()?;
-        lock(&self.shared.modules)
-            .entry(name.into())
-            .or_insert_with(|| m.inner.clone());
+        let m: RemoteObject = self.request(Request::GetModule { name: name.into() })?.extract()?;
+        lock(&self.shared.modules).entry(name.into()).or_insert_with(|| m.inner.clone());
         Ok(m)
     }
 
@@ -224,15 +228,9 @@ impl Client {
         match self.request(Request::Stats)? {
             Remote::Tuple(t) if t.len() == 2 => {
                 let mut it = t.into_iter();
-                Ok((
-                    it.next().unwrap_or(Remote::None).extract()?,
-                    it.next().unwrap_or(Remote::None).extract()?,
-                ))
+                Ok((it.next().unwrap_or(Remote::None).extract()?, it.next().unwrap_or(Remote::None).extract()?))
             }
-            other => Err(ClientError::Protocol(format!(
-                "stats reply is {}",
-                other.kind()
-            ))),
+            other => Err(ClientError::Protocol(format!("stats reply is {}", other.kind()))),
         }
     }
 
@@ -263,11 +261,7 @@ impl Client {
     }
 
     fn object(&self, inner: Arc<RefInner>) -> RemoteObject {
-        RemoteObject {
-            client: self.clone(),
-            inner,
-            path: Arc::from(Vec::new()),
-        }
+        RemoteObject { client: self.clone(), inner, path: Arc::from(Vec::new()) }
     }
 
     /// Turns a received value into a [`Remote`], taking ownership of the
@@ -282,25 +276,29 @@ impl Client {
             Value::Complex(a, b) => Remote::Complex(a, b),
             Value::Str(s) => Remote::Str(s),
             Value::Bytes(b) => Remote::Bytes(b),
-            Value::Tuple(t) => Remote::Tuple(
-                t.into_iter()
-                    .map(|x| self.import(x))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::FrozenSet(t) => Remote::FrozenSet(
-                t.into_iter()
-                    .map(|x| self.import(x))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Value::Tuple(t) => Remote::Tuple(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
+            Value::FrozenSet(t) => Remote::FrozenSet(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
             Value::SenderObject(desc) => Remote::Object(self.object(self.shared.adopt(desc))),
             Value::ReceiverObject(t) => {
-                return Err(ClientError::Protocol(format!(
-                    "the server referred to client object {} but this client exports none",
-                    t.id
-                )))
+                return Err(ClientError::Protocol(format!("the server referred to client object {} but this client exports none", t.id)))
             }
         })
     }
+}
+
+/// The rustls client configuration and the name to verify for a TLS or QUIC address.
+fn tls_config(address: &str, hostport: &str, options: &Options) -> Result<(Arc<rustls::ClientConfig>, String), ClientError> {
+    let Some(tls) = &options.tls else {
+        return Err(ClientError::Address {
+            address: address.into(),
+            reason: "tls:// and quic:// need TLS options: `ca` (the CA of the server's certificate), and `cert` and `key` (this client's certificate)".into(),
+        });
+    };
+    let files = farcall_tls::ClientTlsFiles { ca: tls.ca.clone(), cert: tls.cert.clone(), key: tls.key.clone() };
+    let config = files.load(&[ALPN]).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    let name = tls.server_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_owned());
+    Ok((config, name))
 }
 
 fn flush_loop(weak: Weak<Shared>) {
@@ -323,12 +321,7 @@ impl Shared {
             return inner;
         }
         let id = desc.id;
-        let inner = Arc::new(RefInner {
-            desc,
-            received: 1.into(),
-            releases: self.releases.clone(),
-            flusher: self.flusher.clone(),
-        });
+        let inner = Arc::new(RefInner { desc, received: 1.into(), releases: self.releases.clone(), flusher: self.flusher.clone() });
         imports.live.insert(id, Arc::downgrade(&inner));
         if imports.live.len() >= imports.sweep_at {
             imports.live.retain(|_, w| w.strong_count() > 0);
@@ -411,13 +404,9 @@ impl Shared {
                 Ok(body) => match st.session.receive(body) {
                     Ok(Incoming::Request { id: rid, .. }) => Some(reply_frame(
                         rid,
-                        Err(RemoteException::protocol(
-                            "this client does not serve requests (callbacks are not supported yet)",
-                        )),
+                        Err(RemoteException::protocol("this client does not serve requests (callbacks are not supported yet)")),
                     )),
-                    Ok(Incoming::BadRequest { id: rid, error }) => {
-                        Some(reply_frame(rid, Err(error)))
-                    }
+                    Ok(Incoming::BadRequest { id: rid, error }) => Some(reply_frame(rid, Err(error))),
                     Ok(Incoming::Reply(_) | Incoming::Release(_) | Incoming::Ignored) => None,
                     Err(e) => {
                         drop(st);
@@ -428,11 +417,7 @@ impl Shared {
                 },
                 Err(e) => {
                     drop(st);
-                    let why = if e.is_closed() {
-                        "the server closed the connection".to_owned()
-                    } else {
-                        e.to_string()
-                    };
+                    let why = if e.is_closed() { "the server closed the connection".to_owned() } else { e.to_string() };
                     self.fail(&why);
                     st = lock(&self.state);
                     None

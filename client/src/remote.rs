@@ -112,9 +112,7 @@ const FLUSH_EARLY_AT: usize = 256;
 
 impl Drop for RefInner {
     fn drop(&mut self) {
-        let n = self
-            .releases
-            .push(self.desc.id, self.received.load(Ordering::Relaxed));
+        let n = self.releases.push(self.desc.id, self.received.load(Ordering::Relaxed));
         if n >= FLUSH_EARLY_AT {
             self.flusher.unpark();
         }
@@ -132,11 +130,7 @@ pub struct RemoteObject {
 
 impl fmt::Debug for RemoteObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "RemoteObject({} #{}",
-            self.inner.desc.type_name, self.inner.desc.id
-        )?;
+        write!(f, "RemoteObject({} #{}", self.inner.desc.type_name, self.inner.desc.id)?;
         for p in self.path.iter() {
             write!(f, ".{p}")?;
         }
@@ -160,10 +154,7 @@ pub enum Hint {
 impl RemoteObject {
     /// The designator sent to the server.
     pub fn target(&self) -> Target {
-        Target {
-            id: self.inner.desc.id,
-            path: self.path.to_vec(),
-        }
+        Target { id: self.inner.desc.id, path: self.path.to_vec() }
     }
 
     /// The client this object belongs to.
@@ -201,18 +192,13 @@ impl RemoteObject {
             if let Some(a) = self.inner.desc.attrs.iter().find(|a| a.name == name) {
                 return Ok(Remote::Object(match &a.kind {
                     LazyKind::Module(full) => self.client.module(full)?,
-                    LazyKind::Callable | LazyKind::Class => RemoteObject {
-                        client: self.client.clone(),
-                        inner: self.inner.clone(),
-                        path: Arc::from(vec![name.to_owned()]),
-                    },
+                    LazyKind::Callable | LazyKind::Class => {
+                        RemoteObject { client: self.client.clone(), inner: self.inner.clone(), path: Arc::from(vec![name.to_owned()]) }
+                    }
                 }));
             }
         }
-        self.client.request(Request::GetAttr {
-            target: self.target(),
-            name: name.into(),
-        })
+        self.client.request(Request::GetAttr { target: self.target(), name: name.into() })
     }
 
     /// `self(*args)`.
@@ -221,28 +207,14 @@ impl RemoteObject {
     }
 
     /// `self(*args, **kwargs)`.
-    pub fn call_kw(
-        &self,
-        args: Vec<Remote>,
-        kwargs: Vec<(String, Remote)>,
-    ) -> Result<Remote, ClientError> {
+    pub fn call_kw(&self, args: Vec<Remote>, kwargs: Vec<(String, Remote)>) -> Result<Remote, ClientError> {
         let c = &self.client;
         // Objects passed as arguments stay referenced until the reply is in:
         // releasing them first would free them on the server before the call.
         let mut keep = Vec::new();
-        let args = args
-            .into_iter()
-            .map(|a| to_value(c, a, &mut keep))
-            .collect::<Result<_, _>>()?;
-        let kwargs = kwargs
-            .into_iter()
-            .map(|(k, v)| Ok((k, to_value(c, v, &mut keep)?)))
-            .collect::<Result<_, ClientError>>()?;
-        let result = c.request(Request::Call {
-            target: self.target(),
-            args,
-            kwargs,
-        });
+        let args = args.into_iter().map(|a| to_value(c, a, &mut keep)).collect::<Result<_, _>>()?;
+        let kwargs = kwargs.into_iter().map(|(k, v)| Ok((k, to_value(c, v, &mut keep)?))).collect::<Result<_, ClientError>>()?;
+        let result = c.request(Request::Call { target: self.target(), args, kwargs });
         drop(keep);
         result
     }
@@ -251,41 +223,24 @@ impl RemoteObject {
     pub fn setattr(&self, name: &str, value: Remote) -> Result<(), ClientError> {
         let mut keep = Vec::new();
         let value = to_value(&self.client, value, &mut keep)?;
-        let result = self.client.request(Request::SetAttr {
-            target: self.target(),
-            name: name.into(),
-            value,
-        });
+        let result = self.client.request(Request::SetAttr { target: self.target(), name: name.into(), value });
         drop(keep);
         result.map(drop)
     }
 
     /// `delattr(self, name)` (the server's policy may refuse it).
     pub fn delattr(&self, name: &str) -> Result<(), ClientError> {
-        self.client
-            .request(Request::DelAttr {
-                target: self.target(),
-                name: name.into(),
-            })
-            .map(drop)
+        self.client.request(Request::DelAttr { target: self.target(), name: name.into() }).map(drop)
     }
 
     /// `repr(self)`, computed by the server.
     pub fn repr(&self) -> Result<String, ClientError> {
-        self.client
-            .request(Request::Repr {
-                target: self.target(),
-            })?
-            .extract()
+        self.client.request(Request::Repr { target: self.target() })?.extract()
     }
 
     /// `str(self)`, computed by the server.
     pub fn str(&self) -> Result<String, ClientError> {
-        self.client
-            .request(Request::Str {
-                target: self.target(),
-            })?
-            .extract()
+        self.client.request(Request::Str { target: self.target() })?.extract()
     }
 
     /// Whether two handles name the same server object and path.
@@ -296,11 +251,7 @@ impl RemoteObject {
 
 /// Converts an outgoing argument; objects must belong to `client`, and are
 /// moved to `keep` so that they stay referenced until the request is answered.
-pub(crate) fn to_value(
-    client: &Client,
-    r: Remote,
-    keep: &mut Vec<RemoteObject>,
-) -> Result<Value, ClientError> {
+pub(crate) fn to_value(client: &Client, r: Remote, keep: &mut Vec<RemoteObject>) -> Result<Value, ClientError> {
     Ok(match r {
         Remote::None => Value::None,
         Remote::Bool(b) => Value::Bool(b),
@@ -310,21 +261,11 @@ pub(crate) fn to_value(
         Remote::Complex(a, b) => Value::Complex(a, b),
         Remote::Str(s) => Value::Str(s),
         Remote::Bytes(b) => Value::Bytes(b),
-        Remote::Tuple(t) => Value::Tuple(
-            t.into_iter()
-                .map(|x| to_value(client, x, keep))
-                .collect::<Result<_, _>>()?,
-        ),
-        Remote::FrozenSet(t) => Value::FrozenSet(
-            t.into_iter()
-                .map(|x| to_value(client, x, keep))
-                .collect::<Result<_, _>>()?,
-        ),
+        Remote::Tuple(t) => Value::Tuple(t.into_iter().map(|x| to_value(client, x, keep)).collect::<Result<_, _>>()?),
+        Remote::FrozenSet(t) => Value::FrozenSet(t.into_iter().map(|x| to_value(client, x, keep)).collect::<Result<_, _>>()?),
         Remote::Object(o) => {
             if !o.client.same_connection(client) {
-                return Err(ClientError::Usage(
-                    "a remote object can only be passed to the connection it came from".into(),
-                ));
+                return Err(ClientError::Usage("a remote object can only be passed to the connection it came from".into()));
             }
             let target = o.target();
             keep.push(o);

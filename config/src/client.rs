@@ -53,9 +53,7 @@ impl ClientConfig {
             if !(t > 0.0 && Duration::try_from_secs_f64(t).is_ok()) {
                 return Err(ConfigError::invalid(
                     "timeout_s",
-                    format!(
-                        "{t} is not a usable timeout; give seconds > 0, or leave it out for none"
-                    ),
+                    format!("{t} is not a usable timeout; give seconds > 0, or leave it out for none"),
                 ));
             }
         }

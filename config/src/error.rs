@@ -90,12 +90,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// A validation error for `key`, without location (filled in by the loader).
     pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            origin: None,
-            line: None,
-            key: key.to_owned(),
-            message: message.into(),
-        }
+        Self::Invalid { origin: None, line: None, key: key.to_owned(), message: message.into() }
     }
 }
 

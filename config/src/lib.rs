@@ -36,8 +36,8 @@ mod url;
 pub use client::ClientConfig;
 pub use error::ConfigError;
 pub use server::{
-    Backend, EvaluatorSection, LimitsSection, PolicySection, ServerConfig, ServerSection,
-    TlsSection, DEFAULT_LISTEN, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES,
+    Backend, EvaluatorSection, LimitsSection, PolicySection, ServerConfig, ServerSection, TlsSection, DEFAULT_LISTEN, MAX_MESSAGE_BYTES,
+    MIN_MESSAGE_BYTES,
 };
 pub use url::{ListenUrl, Scheme};
 

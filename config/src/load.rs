@@ -10,17 +10,11 @@ use crate::ConfigError;
 
 /// Reads a whole config file, naming it on failure.
 pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
 }
 
 /// Makes relative `paths` relative to the folder of `config_file` instead.
-pub(crate) fn resolve_paths<'a>(
-    config_file: &Path,
-    paths: impl IntoIterator<Item = &'a mut Option<PathBuf>>,
-) {
+pub(crate) fn resolve_paths<'a>(config_file: &Path, paths: impl IntoIterator<Item = &'a mut Option<PathBuf>>) {
     let base = config_file.parent().unwrap_or(Path::new(""));
     for p in paths.into_iter().flatten() {
         *p = base.join(&*p);
@@ -39,15 +33,11 @@ pub(crate) fn parse<T: DeserializeOwned>(
         line: e.span().map(|s| line_of(text, s.start)),
         message: e.message().trim_end().to_owned(),
     })?;
-    let value = T::deserialize(toml::de::Deserializer::from(doc.clone()))
-        .map_err(|e| from_de_error(&e, text, doc.get_ref(), origin))?;
+    let value = T::deserialize(toml::de::Deserializer::from(doc.clone())).map_err(|e| from_de_error(&e, text, doc.get_ref(), origin))?;
     validate(&value).map_err(|e| match e {
-        ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
-            origin: Some(origin.to_owned()),
-            line: line_of_key(text, doc.get_ref(), &key),
-            key,
-            message,
-        },
+        ConfigError::Invalid { key, message, .. } => {
+            ConfigError::Invalid { origin: Some(origin.to_owned()), line: line_of_key(text, doc.get_ref(), &key), key, message }
+        }
         other => other,
     })?;
     Ok(value)
@@ -56,9 +46,7 @@ pub(crate) fn parse<T: DeserializeOwned>(
 fn from_de_error(e: &toml::de::Error, text: &str, doc: &DeTable<'_>, origin: &str) -> ConfigError {
     let start = e.span().map(|s| s.start);
     let line = start.map(|start| line_of(text, start));
-    let path = start
-        .and_then(|start| key_path(doc, start))
-        .unwrap_or_default();
+    let path = start.and_then(|start| key_path(doc, start)).unwrap_or_default();
     let message = e.message().trim_end();
     if let Some(rest) = message.strip_prefix("unknown field ") {
         // serde: "unknown field `x`, expected `a` or `b`" / "expected one of `a`, `b`, ..."
@@ -77,11 +65,7 @@ fn from_de_error(e: &toml::de::Error, text: &str, doc: &DeTable<'_>, origin: &st
     ConfigError::BadValue {
         origin: origin.to_owned(),
         line,
-        key: if path.is_empty() {
-            "(top level)".to_owned()
-        } else {
-            path.join(".")
-        },
+        key: if path.is_empty() { "(top level)".to_owned() } else { path.join(".") },
         message: message.to_owned(),
     }
 }
@@ -89,10 +73,7 @@ fn from_de_error(e: &toml::de::Error, text: &str, doc: &DeTable<'_>, origin: &st
 /// 1-based line of byte offset `pos`.
 fn line_of(text: &str, pos: usize) -> usize {
     let pos = pos.min(text.len());
-    1 + text.as_bytes()[..pos]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
+    1 + text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count()
 }
 
 /// The dotted key path of the innermost key or value covering byte `pos`.

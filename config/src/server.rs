@@ -45,10 +45,7 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self {
-            listen: vec![DEFAULT_LISTEN.parse().expect("valid default address")],
-            insecure: false,
-        }
+        Self { listen: vec![DEFAULT_LISTEN.parse().expect("valid default address")], insecure: false }
     }
 }
 
@@ -100,11 +97,7 @@ impl<'de> Deserialize<'de> for Backend {
                 [Backend::Embedded, Backend::Subprocess, Backend::Plugin]
                     .into_iter()
                     .find(|b| b.as_str() == v)
-                    .ok_or_else(|| {
-                        E::custom(format!(
-                            r#"unknown backend `{v}`; use "embedded", "subprocess" or "plugin""#
-                        ))
-                    })
+                    .ok_or_else(|| E::custom(format!(r#"unknown backend `{v}`; use "embedded", "subprocess" or "plugin""#)))
             }
         }
         deserializer.deserialize_str(NameVisitor)
@@ -138,23 +131,14 @@ pub struct EvaluatorSection {
 
 impl Default for EvaluatorSection {
     fn default() -> Self {
-        Self {
-            backend: Backend::Embedded,
-            call_timeout_s: 0.0,
-            python: "python3".to_owned(),
-            prestart: 2,
-            max_memory_mb: 0,
-            plugin: None,
-        }
+        Self { backend: Backend::Embedded, call_timeout_s: 0.0, python: "python3".to_owned(), prestart: 2, max_memory_mb: 0, plugin: None }
     }
 }
 
 impl EvaluatorSection {
     /// `call_timeout_s` as a duration; `None` when 0 (no limit) or invalid.
     pub fn call_timeout(&self) -> Option<Duration> {
-        Duration::try_from_secs_f64(self.call_timeout_s)
-            .ok()
-            .filter(|d| !d.is_zero())
+        Duration::try_from_secs_f64(self.call_timeout_s).ok().filter(|d| !d.is_zero())
     }
 }
 
@@ -170,10 +154,7 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self {
-            max_message_bytes: 64 * 1024 * 1024,
-            max_connections: 1024,
-        }
+        Self { max_message_bytes: 64 * 1024 * 1024, max_connections: 1024 }
     }
 }
 
@@ -187,9 +168,7 @@ pub struct PolicySection {
 
 impl Default for PolicySection {
     fn default() -> Self {
-        Self {
-            allow_setattr: true,
-        }
+        Self { allow_setattr: true }
     }
 }
 
@@ -233,15 +212,11 @@ impl ServerConfig {
             }
             if url.scheme.uses_tls() {
                 let tls = &self.tls;
-                let missing: Vec<&str> = [
-                    ("tls.cert", &tls.cert),
-                    ("tls.key", &tls.key),
-                    ("tls.client_ca", &tls.client_ca),
-                ]
-                .into_iter()
-                .filter(|(_, v)| v.is_none())
-                .map(|(k, _)| k)
-                .collect();
+                let missing: Vec<&str> = [("tls.cert", &tls.cert), ("tls.key", &tls.key), ("tls.client_ca", &tls.client_ca)]
+                    .into_iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| k)
+                    .collect();
                 if !missing.is_empty() {
                     return Err(ConfigError::invalid(
                         "server.listen",
@@ -263,10 +238,7 @@ impl ServerConfig {
             ));
         }
         if ev.python.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "evaluator.python",
-                "is empty; name an interpreter such as \"python3\" or a path to one",
-            ));
+            return Err(ConfigError::invalid("evaluator.python", "is empty; name an interpreter such as \"python3\" or a path to one"));
         }
         if ev.backend == Backend::Plugin && ev.plugin.is_none() {
             return Err(ConfigError::invalid(
@@ -285,10 +257,7 @@ impl ServerConfig {
             ));
         }
         if self.limits.max_connections == 0 {
-            return Err(ConfigError::invalid(
-                "limits.max_connections",
-                "must be at least 1 (default 1024)",
-            ));
+            return Err(ConfigError::invalid("limits.max_connections", "must be at least 1 (default 1024)"));
         }
         Ok(())
     }

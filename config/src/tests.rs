@@ -6,9 +6,7 @@ const ORIGIN: &str = "farcall.toml";
 
 /// Parses `text` expecting an error; checks it names the origin, `:line` and `key`.
 fn assert_error(text: &str, line: usize, key: &str) -> String {
-    let msg = ServerConfig::from_toml_str(text, ORIGIN)
-        .expect_err("should be rejected")
-        .to_string();
+    let msg = ServerConfig::from_toml_str(text, ORIGIN).expect_err("should be rejected").to_string();
     let at = format!("{ORIGIN}:{line}:");
     assert!(msg.starts_with(&at), "{msg:?} should start with {at:?}");
     assert!(msg.contains(key), "{msg:?} should name {key:?}");
@@ -46,14 +44,8 @@ fn defaults() {
     assert!(config.policy.allow_setattr);
     config.validate().unwrap();
     assert_eq!(ServerConfig::from_toml_str("", ORIGIN).unwrap(), config);
-    assert_eq!(
-        ServerConfig::from_toml_str("[server]\n[evaluator]\n[policy]", ORIGIN).unwrap(),
-        config
-    );
-    assert_eq!(
-        ClientConfig::from_toml_str("", "c").unwrap(),
-        ClientConfig::default()
-    );
+    assert_eq!(ServerConfig::from_toml_str("[server]\n[evaluator]\n[policy]", ORIGIN).unwrap(), config);
+    assert_eq!(ClientConfig::from_toml_str("", "c").unwrap(), ClientConfig::default());
 }
 
 #[test]
@@ -86,29 +78,18 @@ allow_setattr = false
     let c = ServerConfig::from_toml_str(text, ORIGIN).unwrap();
     assert_eq!(
         c.server.listen,
-        vec![
-            url("tcp://127.0.0.1:0"),
-            url("quic://0.0.0.0:1227"),
-            url("tls://[::]:1228"),
-            url("tcp://10.0.0.1:9"),
-        ]
+        vec![url("tcp://127.0.0.1:0"), url("quic://0.0.0.0:1227"), url("tls://[::]:1228"), url("tcp://10.0.0.1:9"),]
     );
     assert!(c.server.insecure);
     assert_eq!(c.tls.cert.as_deref(), Some(Path::new("certs/server.pem")));
     assert_eq!(c.tls.key.as_deref(), Some(Path::new("certs/server.key")));
     assert_eq!(c.tls.client_ca.as_deref(), Some(Path::new("certs/ca.pem")));
     assert_eq!(c.evaluator.backend, Backend::Subprocess);
-    assert_eq!(
-        c.evaluator.call_timeout(),
-        Some(std::time::Duration::from_millis(2500))
-    );
+    assert_eq!(c.evaluator.call_timeout(), Some(std::time::Duration::from_millis(2500)));
     assert_eq!(c.evaluator.python, "/opt/venv/bin/python");
     assert_eq!(c.evaluator.prestart, 4);
     assert_eq!(c.evaluator.max_memory_mb, 2048);
-    assert_eq!(
-        c.evaluator.plugin.as_deref(),
-        Some(Path::new("lib/libbackend.so"))
-    );
+    assert_eq!(c.evaluator.plugin.as_deref(), Some(Path::new("lib/libbackend.so")));
     assert_eq!(c.limits.max_message_bytes, 1024);
     assert_eq!(c.limits.max_connections, 1);
     assert!(!c.policy.allow_setattr);
@@ -122,23 +103,13 @@ allow_setattr = false
 #[test]
 fn unknown_keys() {
     let msg = assert_error("[server]\ninsecure = false\nlistn = []", 3, "`listn`");
-    assert_eq!(
-        msg,
-        "farcall.toml:3: unknown key `listn` in [server] (expected one of: listen, insecure)"
-    );
+    assert_eq!(msg, "farcall.toml:3: unknown key `listn` in [server] (expected one of: listen, insecure)");
     let msg = assert_error("\n[sever]\n", 2, "`sever`");
-    assert!(
-        msg.contains("server, tls, evaluator, limits, policy"),
-        "{msg}"
-    );
+    assert!(msg.contains("server, tls, evaluator, limits, policy"), "{msg}");
     assert_error("[tls]\ncert = \"a\"\n\nca = \"b\"", 4, "`ca` in [tls]");
     assert_error("[evaluator]\ntimeout = 3", 2, "`timeout` in [evaluator]");
     assert_error("[limits]\n\nmax_msg = 3", 3, "`max_msg` in [limits]");
-    assert_error(
-        "[policy]\nallow_getattr = true",
-        2,
-        "`allow_getattr` in [policy]",
-    );
+    assert_error("[policy]\nallow_getattr = true", 2, "`allow_getattr` in [policy]");
     assert_error("[server.extra]\nx = 1", 1, "`extra` in [server]");
 }
 
@@ -153,11 +124,7 @@ fn wrong_types() {
     assert_error("[evaluator]\nbackend = 5", 2, "evaluator.backend");
     assert_error("[evaluator]\nprestart = -1", 2, "evaluator.prestart");
     assert_error("[evaluator]\npython = 3", 2, "evaluator.python");
-    assert_error(
-        "[limits]\nmax_connections = 1.5",
-        2,
-        "limits.max_connections",
-    );
+    assert_error("[limits]\nmax_connections = 1.5", 2, "limits.max_connections");
     let msg = assert_error("server = 5", 1, "`server`");
     assert!(msg.contains("[server] table"), "{msg}");
 }
@@ -172,25 +139,13 @@ fn bad_values() {
     let text = "[server]\nlisten = [\n  \"tcp://127.0.0.1:1\",\n  \"127.0.0.1\",\n]";
     let msg = assert_error(text, 4, "server.listen");
     assert!(msg.contains("missing port"), "{msg}");
-    let msg = assert_error(
-        "# comment\n[evaluator]\ncall_timeout_s = -1",
-        3,
-        "evaluator.call_timeout_s",
-    );
+    let msg = assert_error("# comment\n[evaluator]\ncall_timeout_s = -1", 3, "evaluator.call_timeout_s");
     assert!(msg.contains(">= 0"), "{msg}");
     assert_error("[evaluator]\ncall_timeout_s = nan", 2, "call_timeout_s");
     assert_error("[evaluator]\ncall_timeout_s = inf", 2, "call_timeout_s");
     assert_error("[evaluator]\npython = \" \"", 2, "evaluator.python");
-    assert_error(
-        "[limits]\nmax_message_bytes = 1023",
-        2,
-        "limits.max_message_bytes",
-    );
-    assert_error(
-        "[limits]\nmax_message_bytes = 4294967296",
-        2,
-        "limits.max_message_bytes",
-    );
+    assert_error("[limits]\nmax_message_bytes = 1023", 2, "limits.max_message_bytes");
+    assert_error("[limits]\nmax_message_bytes = 4294967296", 2, "limits.max_message_bytes");
     ServerConfig::from_toml_str("[limits]\nmax_message_bytes = 4294967295", ORIGIN).unwrap();
     assert_error("[limits]\nmax_connections = 0", 2, "limits.max_connections");
     assert_error("[server]\nlisten = []", 2, "server.listen");
@@ -198,41 +153,23 @@ fn bad_values() {
 
 #[test]
 fn syntax_error_names_line() {
-    let msg = ServerConfig::from_toml_str("[server]\nlisten = [\"a\"\n\n", ORIGIN)
-        .unwrap_err()
-        .to_string();
+    let msg = ServerConfig::from_toml_str("[server]\nlisten = [\"a\"\n\n", ORIGIN).unwrap_err().to_string();
     assert!(msg.starts_with("farcall.toml:"), "{msg}");
-    let msg = ServerConfig::from_toml_str("[server]\ninsecure = true\ninsecure = true", ORIGIN)
-        .unwrap_err()
-        .to_string();
+    let msg = ServerConfig::from_toml_str("[server]\ninsecure = true\ninsecure = true", ORIGIN).unwrap_err().to_string();
     assert!(msg.starts_with("farcall.toml:3:"), "{msg}");
 }
 
 #[test]
 fn insecure_rule() {
-    for ok in [
-        "tcp://127.0.0.1:1227",
-        "tcp://127.1.2.3:0",
-        "tcp://localhost:1",
-        "tcp://[::1]:1",
-        "127.0.0.1:5",
-    ] {
+    for ok in ["tcp://127.0.0.1:1227", "tcp://127.1.2.3:0", "tcp://localhost:1", "tcp://[::1]:1", "127.0.0.1:5"] {
         let text = format!("[server]\nlisten = [\"{ok}\"]");
         ServerConfig::from_toml_str(&text, ORIGIN).unwrap();
     }
-    for bad in [
-        "tcp://0.0.0.0:1227",
-        "tcp://[::]:1",
-        "example.com:1",
-        "10.1.1.1:0",
-    ] {
+    for bad in ["tcp://0.0.0.0:1227", "tcp://[::]:1", "example.com:1", "10.1.1.1:0"] {
         let text = format!("[server]\ninsecure = false\nlisten = [\"{bad}\"]");
         let msg = assert_error(&text, 3, "server.listen");
         assert!(msg.contains("insecure = true"), "{msg}");
-        assert!(
-            msg.contains("[server]") && msg.contains("127.0.0.1"),
-            "{msg}"
-        );
+        assert!(msg.contains("[server]") && msg.contains("127.0.0.1"), "{msg}");
         let text = format!("[server]\ninsecure = true\nlisten = [\"{bad}\"]");
         ServerConfig::from_toml_str(&text, ORIGIN).unwrap();
     }
@@ -244,11 +181,7 @@ fn insecure_rule() {
 
 #[test]
 fn tls_listeners_need_certificates() {
-    let msg = assert_error(
-        "[server]\nlisten = [\"quic://0.0.0.0:1227\"]",
-        2,
-        "server.listen",
-    );
+    let msg = assert_error("[server]\nlisten = [\"quic://0.0.0.0:1227\"]", 2, "server.listen");
     for name in ["tls.cert", "tls.key", "tls.client_ca"] {
         assert!(msg.contains(name), "{msg}");
     }
@@ -281,17 +214,11 @@ fn from_file_names_file_and_resolves_paths() {
 
     std::fs::write(&path, "[server]\n\nlistn = 1\n").unwrap();
     let msg = ServerConfig::from_file(&path).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&format!("{}:3: unknown key `listn`", path.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("{}:3: unknown key `listn`", path.display())), "{msg}");
 
     std::fs::write(&path, "[server]\nlisten = [\"0.0.0.0:1\"]\n").unwrap();
     let msg = ServerConfig::from_file(&path).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&format!("{}:2: server.listen", path.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&format!("{}:2: server.listen", path.display())), "{msg}");
 
     let missing = dir.join("nope.toml");
     let err = ServerConfig::from_file(&missing).unwrap_err();
@@ -311,11 +238,7 @@ fn client_config() {
     assert_eq!(c.server_name.as_deref(), Some("bamba.lan"));
     assert_eq!(c.timeout(), Some(std::time::Duration::from_millis(1500)));
 
-    let err = |text: &str| {
-        ClientConfig::from_toml_str(text, "client.toml")
-            .unwrap_err()
-            .to_string()
-    };
+    let err = |text: &str| ClientConfig::from_toml_str(text, "client.toml").unwrap_err().to_string();
     assert_eq!(
         err("ca = \"a\"\nadress = \"x:1\""),
         "client.toml:2: unknown key `adress` (expected one of: address, ca, cert, key, \
@@ -326,10 +249,7 @@ fn client_config() {
     let msg = err("timeout_s = 0");
     assert!(msg.starts_with("client.toml:1: timeout_s:"), "{msg}");
     let msg = err("timeout_s = \"5\"");
-    assert!(
-        msg.starts_with("client.toml:1: bad value for `timeout_s`"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("client.toml:1: bad value for `timeout_s`"), "{msg}");
 
     let dir = temp_dir("client");
     let path = dir.join("client.toml");
@@ -370,24 +290,13 @@ fn loopback_detection() {
 #[test]
 fn url_parse_and_display_round_trip() {
     let u = url("quic://[::1]:1227");
-    assert_eq!(
-        u,
-        ListenUrl {
-            scheme: Scheme::Quic,
-            host: "::1".into(),
-            port: 1227
-        }
-    );
+    assert_eq!(u, ListenUrl { scheme: Scheme::Quic, host: "::1".into(), port: 1227 });
     assert_eq!(u.to_string(), "quic://[::1]:1227");
     assert_eq!(url("bamba:1227").to_string(), "tcp://bamba:1227");
     assert_eq!(url("TLS://0.0.0.0:1228").to_string(), "tls://0.0.0.0:1228");
-    for s in [
-        "tcp://127.0.0.1:1227",
-        "tls://0.0.0.0:1228",
-        "quic://[::1]:1227",
-        "quic://[fe80::1:2]:0",
-        "tcp://my-host.example_1.org:65535",
-    ] {
+    for s in
+        ["tcp://127.0.0.1:1227", "tls://0.0.0.0:1228", "quic://[::1]:1227", "quic://[fe80::1:2]:0", "tcp://my-host.example_1.org:65535"]
+    {
         let u = url(s);
         assert_eq!(u.to_string(), s);
         assert_eq!(url(&u.to_string()), u);

@@ -61,9 +61,7 @@ impl ListenUrl {
     pub fn is_loopback(&self) -> bool {
         match self.host.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => ip.is_loopback(),
-            Ok(IpAddr::V6(ip)) => {
-                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
+            Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
             Err(_) => self.host.eq_ignore_ascii_case("localhost"),
         }
     }
@@ -73,21 +71,14 @@ impl FromStr for ListenUrl {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: String| ConfigError::InvalidAddress {
-            address: s.to_owned(),
-            reason,
-        };
+        let bad = |reason: String| ConfigError::InvalidAddress { address: s.to_owned(), reason };
         let (scheme, rest) = match s.split_once("://") {
             None => (Scheme::Tcp, s),
             Some((name, rest)) => {
                 let scheme = [Scheme::Tcp, Scheme::Tls, Scheme::Quic]
                     .into_iter()
                     .find(|k| k.as_str().eq_ignore_ascii_case(name))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "unknown scheme `{name}`; use tcp://, tls:// or quic://"
-                        ))
-                    })?;
+                    .ok_or_else(|| bad(format!("unknown scheme `{name}`; use tcp://, tls:// or quic://")))?;
                 (scheme, rest)
             }
         };
@@ -97,24 +88,16 @@ impl FromStr for ListenUrl {
                 .into()));
         }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, tail) = bracketed
-                .split_once(']')
-                .ok_or_else(|| bad("missing `]` after the IPv6 address".into()))?;
+            let (host, tail) = bracketed.split_once(']').ok_or_else(|| bad("missing `]` after the IPv6 address".into()))?;
             if host.parse::<Ipv6Addr>().is_err() {
                 return Err(bad(format!("`{host}` is not an IPv6 address")));
             }
-            let port = tail.strip_prefix(':').ok_or_else(|| {
-                bad("missing port; write [ADDRESS]:PORT, e.g. quic://[::1]:1227".into())
-            })?;
+            let port = tail.strip_prefix(':').ok_or_else(|| bad("missing port; write [ADDRESS]:PORT, e.g. quic://[::1]:1227".into()))?;
             (host, port)
         } else {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| bad("missing port; write HOST:PORT, e.g. 127.0.0.1:1227".into()))?;
+            let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing port; write HOST:PORT, e.g. 127.0.0.1:1227".into()))?;
             if host.contains(':') {
-                return Err(bad(
-                    "put IPv6 addresses in brackets, e.g. quic://[::1]:1227".into(),
-                ));
+                return Err(bad("put IPv6 addresses in brackets, e.g. quic://[::1]:1227".into()));
             }
             let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
             if host.is_empty() || !host.chars().all(valid) {
@@ -128,11 +111,7 @@ impl FromStr for ListenUrl {
             .then(|| port.parse::<u16>().ok())
             .flatten()
             .ok_or_else(|| bad(format!("port `{port}` is not a number from 0 to 65535")))?;
-        Ok(ListenUrl {
-            scheme,
-            host: host.to_owned(),
-            port,
-        })
+        Ok(ListenUrl { scheme, host: host.to_owned(), port })
     }
 }
 

@@ -70,11 +70,7 @@ pub struct Frame {
 impl Frame {
     /// A frame whose body is `body` as is (the handshake, raw tests).
     pub fn from_bytes(route: Route, body: Bytes) -> Self {
-        Frame {
-            route,
-            len: body.len(),
-            chunks: vec![body],
-        }
+        Frame { route, len: body.len(), chunks: vec![body] }
     }
 
     /// The frame's chunks, in order.
@@ -157,20 +153,12 @@ struct Encoder {
 
 impl Encoder {
     fn new() -> Self {
-        Encoder {
-            buf: Vec::with_capacity(64),
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Encoder { buf: Vec::with_capacity(64), chunks: Vec::new(), len: 0 }
     }
 
     fn finish(mut self, route: Route) -> Frame {
         self.cut();
-        Frame {
-            route,
-            chunks: self.chunks,
-            len: self.len,
-        }
+        Frame { route, chunks: self.chunks, len: self.len }
     }
 
     fn cut(&mut self) {
@@ -234,14 +222,7 @@ impl Encoder {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
 
-    fn len_header(
-        &mut self,
-        len: usize,
-        fix: Option<(u8, usize)>,
-        b8: Option<u8>,
-        b16: u8,
-        b32: u8,
-    ) {
+    fn len_header(&mut self, len: usize, fix: Option<(u8, usize)>, b8: Option<u8>, b16: u8, b32: u8) {
         match (fix, b8) {
             (Some((base, max)), _) if len < max => self.u8(base | len as u8),
             (_, Some(m)) if len <= u8::MAX as usize => self.buf.extend_from_slice(&[m, len as u8]),
@@ -388,20 +369,12 @@ impl Encoder {
                 self.target(target);
                 self.str(name);
             }
-            Request::SetAttr {
-                target,
-                name,
-                value,
-            } => {
+            Request::SetAttr { target, name, value } => {
                 self.target(target);
                 self.str(name);
                 self.value(value);
             }
-            Request::Call {
-                target,
-                args,
-                kwargs,
-            } => {
+            Request::Call { target, args, kwargs } => {
                 self.target(target);
                 self.values(args);
                 self.array(kwargs.len() * 2);
@@ -463,11 +436,7 @@ struct Decoder {
 
 impl Decoder {
     fn new(data: Bytes) -> Self {
-        Decoder {
-            data,
-            pos: 0,
-            depth: 0,
-        }
+        Decoder { data, pos: 0, depth: 0 }
     }
 
     fn remaining(&self) -> usize {
@@ -531,10 +500,7 @@ impl Decoder {
         let m = self.byte()?;
         match self.int_from(m)? {
             Some(v) => u64::try_from(v).map_err(|_| DecodeError::Invalid("negative id or count")),
-            None => Err(DecodeError::Unexpected {
-                expected: "an unsigned integer",
-                found: m,
-            }),
+            None => Err(DecodeError::Unexpected { expected: "an unsigned integer", found: m }),
         }
     }
 
@@ -543,17 +509,10 @@ impl Decoder {
         let len = match m {
             0xa0..=0xbf => (m & 0x1f) as usize,
             0xd9..=0xdb => self.len_after(m)?,
-            _ => {
-                return Err(DecodeError::Unexpected {
-                    expected: "a string",
-                    found: m,
-                })
-            }
+            _ => return Err(DecodeError::Unexpected { expected: "a string", found: m }),
         };
         let raw = self.take(len)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::InvalidUtf8)
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::InvalidUtf8)
     }
 
     fn array(&mut self) -> Result<usize, DecodeError> {
@@ -561,12 +520,7 @@ impl Decoder {
         let len = match m {
             0x90..=0x9f => (m & 0x0f) as usize,
             0xdc | 0xdd => self.len_after(m)?,
-            _ => {
-                return Err(DecodeError::Unexpected {
-                    expected: "an array",
-                    found: m,
-                })
-            }
+            _ => return Err(DecodeError::Unexpected { expected: "an array", found: m }),
         };
         // Every element takes at least one byte: refuse impossible counts
         // before anything is allocated for them.
@@ -590,16 +544,8 @@ impl Decoder {
     }
 
     /// Decodes a nested payload with the same depth budget.
-    fn nested<T>(
-        &mut self,
-        payload: Bytes,
-        f: impl FnOnce(&mut Decoder) -> Result<T, DecodeError>,
-    ) -> Result<T, DecodeError> {
-        let mut inner = Decoder {
-            data: payload,
-            pos: 0,
-            depth: self.depth,
-        };
+    fn nested<T>(&mut self, payload: Bytes, f: impl FnOnce(&mut Decoder) -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+        let mut inner = Decoder { data: payload, pos: 0, depth: self.depth };
         let v = f(&mut inner)?;
         inner.end()?;
         Ok(v)
@@ -647,12 +593,7 @@ impl Decoder {
                 let (ty, payload) = self.ext_payload(m)?;
                 self.ext_value(ty, payload)?
             }
-            _ => {
-                return Err(DecodeError::Unexpected {
-                    expected: "a value",
-                    found: m,
-                })
-            }
+            _ => return Err(DecodeError::Unexpected { expected: "a value", found: m }),
         })
     }
 
@@ -699,8 +640,7 @@ impl Decoder {
         }
         let id = self.uint()?;
         let type_name = self.str()?;
-        let flags =
-            u8::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("flags out of range"))?;
+        let flags = u8::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("flags out of range"))?;
         let n = self.array()?;
         let mut attrs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -714,12 +654,7 @@ impl Decoder {
             };
             attrs.push(LazyAttr { name, kind });
         }
-        Ok(RefDesc {
-            id,
-            type_name,
-            flags,
-            attrs,
-        })
+        Ok(RefDesc { id, type_name, flags, attrs })
     }
 
     fn target(&mut self) -> Result<Target, DecodeError> {
@@ -752,9 +687,7 @@ impl Decoder {
         if n == want {
             Ok(())
         } else {
-            Err(DecodeError::Invalid(
-                "wrong number of fields for the operation",
-            ))
+            Err(DecodeError::Invalid("wrong number of fields for the operation"))
         }
     }
 
@@ -775,19 +708,9 @@ impl Decoder {
         }
         Ok(match op {
             OP_GET_MODULE => Request::GetModule { name: self.str()? },
-            OP_GET_ATTR => Request::GetAttr {
-                target: self.target()?,
-                name: self.str()?,
-            },
-            OP_DEL_ATTR => Request::DelAttr {
-                target: self.target()?,
-                name: self.str()?,
-            },
-            OP_SET_ATTR => Request::SetAttr {
-                target: self.target()?,
-                name: self.str()?,
-                value: self.value()?,
-            },
+            OP_GET_ATTR => Request::GetAttr { target: self.target()?, name: self.str()? },
+            OP_DEL_ATTR => Request::DelAttr { target: self.target()?, name: self.str()? },
+            OP_SET_ATTR => Request::SetAttr { target: self.target()?, name: self.str()?, value: self.value()? },
             OP_CALL => {
                 let target = self.target()?;
                 let args = self.values()?;
@@ -800,18 +723,10 @@ impl Decoder {
                     let k = self.str()?;
                     kwargs.push((k, self.value()?));
                 }
-                Request::Call {
-                    target,
-                    args,
-                    kwargs,
-                }
+                Request::Call { target, args, kwargs }
             }
-            OP_REPR => Request::Repr {
-                target: self.target()?,
-            },
-            _ => Request::Str {
-                target: self.target()?,
-            },
+            OP_REPR => Request::Repr { target: self.target()? },
+            _ => Request::Str { target: self.target()? },
         })
     }
 
@@ -835,11 +750,7 @@ impl Decoder {
                     return Err(DecodeError::Invalid("reply is not 3 fields"));
                 }
                 let id = self.uint()?;
-                let result = if kind == KIND_REPLY_OK {
-                    Ok(self.value()?)
-                } else {
-                    Err(self.exception()?)
-                };
+                let result = if kind == KIND_REPLY_OK { Ok(self.value()?) } else { Err(self.exception()?) };
                 Message::Reply { id, result }
             }
             KIND_RELEASE => {
@@ -849,8 +760,7 @@ impl Decoder {
                 let mut refs = Vec::with_capacity(n / 2);
                 for _ in 0..n / 2 {
                     let id = self.uint()?;
-                    let count = u32::try_from(self.uint()?)
-                        .map_err(|_| DecodeError::Invalid("release count out of range"))?;
+                    let count = u32::try_from(self.uint()?).map_err(|_| DecodeError::Invalid("release count out of range"))?;
                     refs.push(Release { id, count });
                 }
                 Message::Release(refs)

@@ -72,11 +72,7 @@ impl FrameReader {
     /// A reader refusing frames over `max_frame` bytes and keeping a buffer
     /// of at most about `max_retained` bytes.
     pub fn new(max_frame: usize, max_retained: usize) -> Self {
-        FrameReader {
-            buf: BytesMut::new(),
-            max_frame,
-            max_retained,
-        }
+        FrameReader { buf: BytesMut::new(), max_frame, max_retained }
     }
 
     /// Reads the next frame body.
@@ -91,10 +87,7 @@ impl FrameReader {
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if len > self.max_frame {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_frame });
         }
         let total = 4 + len;
         if total > self.max_retained && self.buf.len() < total {
@@ -104,20 +97,14 @@ impl FrameReader {
             self.buf.clear();
             while body.len() < len {
                 if fill_exact(r, &mut body, len)? == 0 {
-                    return Err(FrameError::Truncated {
-                        got: body.len(),
-                        want: len,
-                    });
+                    return Err(FrameError::Truncated { got: body.len(), want: len });
                 }
             }
             return Ok(body.freeze());
         }
         while self.buf.len() < total {
             if fill(r, &mut self.buf, total)? == 0 {
-                return Err(FrameError::Truncated {
-                    got: self.buf.len() - 4,
-                    want: len,
-                });
+                return Err(FrameError::Truncated { got: self.buf.len() - 4, want: len });
             }
         }
         self.buf.advance(4);
@@ -183,8 +170,7 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Bytes, FrameError> {
 /// Writes a frame (length prefix and chunks) with vectored writes, without
 /// copying its chunks.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
+    let len = u32::try_from(frame.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
     let head = len.to_be_bytes();
     let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + frame.chunks().len());
     parts.push(&head);

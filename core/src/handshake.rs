@@ -34,12 +34,7 @@ pub struct ClientHello {
 impl ClientHello {
     /// The hello of this build.
     pub fn new(client: impl Into<String>) -> Self {
-        ClientHello {
-            magic: MAGIC.into(),
-            protocol: PROTOCOL_VERSION,
-            farcall_version: FARCALL_VERSION.into(),
-            client: client.into(),
-        }
+        ClientHello { magic: MAGIC.into(), protocol: PROTOCOL_VERSION, farcall_version: FARCALL_VERSION.into(), client: client.into() }
     }
 }
 
@@ -97,37 +92,22 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Decodes the client's hello and checks magic and version.
 pub fn decode_client_hello(data: &[u8]) -> Result<ClientHello, HandshakeError> {
-    let hello: ClientHello =
-        rmp_serde::from_slice(data).map_err(|e| HandshakeError::NotFarcall(e.to_string()))?;
+    let hello: ClientHello = rmp_serde::from_slice(data).map_err(|e| HandshakeError::NotFarcall(e.to_string()))?;
     if hello.magic != MAGIC {
-        return Err(HandshakeError::NotFarcall(format!(
-            "bad magic {:?}",
-            hello.magic
-        )));
+        return Err(HandshakeError::NotFarcall(format!("bad magic {:?}", hello.magic)));
     }
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol) {
-        return Err(HandshakeError::Version {
-            peer: hello.protocol,
-            peer_release: hello.farcall_version,
-        });
+        return Err(HandshakeError::Version { peer: hello.protocol, peer_release: hello.farcall_version });
     }
     Ok(hello)
 }
 
 /// Decodes the server's answer; a refusal becomes an error.
 pub fn decode_server_reply(data: &[u8]) -> Result<ServerHello, HandshakeError> {
-    let reply: HandshakeReply =
-        rmp_serde::from_slice(data).map_err(|e| HandshakeError::NotFarcall(e.to_string()))?;
+    let reply: HandshakeReply = rmp_serde::from_slice(data).map_err(|e| HandshakeError::NotFarcall(e.to_string()))?;
     match reply {
-        HandshakeReply::Accept(h)
-            if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol) =>
-        {
-            Ok(h)
-        }
-        HandshakeReply::Accept(h) => Err(HandshakeError::Version {
-            peer: h.protocol,
-            peer_release: h.farcall_version,
-        }),
+        HandshakeReply::Accept(h) if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.protocol) => Ok(h),
+        HandshakeReply::Accept(h) => Err(HandshakeError::Version { peer: h.protocol, peer_release: h.farcall_version }),
         HandshakeReply::Refuse(why) => Err(HandshakeError::Refused(why)),
     }
 }

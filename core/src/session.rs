@@ -89,7 +89,9 @@ impl Session {
             Err(DecodeError::UnknownOp { id, op }) => {
                 return Ok(Incoming::BadRequest {
                     id,
-                    error: RemoteException::protocol(format!("unknown operation {op}: the server does not support it (client newer than server?)")),
+                    error: RemoteException::protocol(format!(
+                        "unknown operation {op}: the server does not support it (client newer than server?)"
+                    )),
                 })
             }
             Err(e) => return Err(e.into()),
@@ -168,11 +170,7 @@ pub struct ExportTable<T, K> {
 
 impl<T, K: Hash + Eq + Clone> Default for ExportTable<T, K> {
     fn default() -> Self {
-        ExportTable {
-            last_id: 0,
-            objects: HashMap::new(),
-            by_key: HashMap::new(),
-        }
+        ExportTable { last_id: 0, objects: HashMap::new(), by_key: HashMap::new() }
     }
 }
 
@@ -194,14 +192,7 @@ impl<T, K: Hash + Eq + Clone> ExportTable<T, K> {
         self.last_id += 1;
         let id = self.last_id;
         self.by_key.insert(key.clone(), id);
-        self.objects.insert(
-            id,
-            Export {
-                object: make(),
-                key,
-                count: 1,
-            },
-        );
+        self.objects.insert(id, Export { object: make(), key, count: 1 });
         id
     }
 

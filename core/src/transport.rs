@@ -74,18 +74,12 @@ pub enum TransportError {
 impl TransportError {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        TransportError::Io {
-            context: context.into(),
-            source,
-        }
+        TransportError::Io { context: context.into(), source }
     }
 
     /// Whether this is an orderly close rather than a failure.
     pub fn is_closed(&self) -> bool {
-        matches!(
-            self,
-            TransportError::Closed | TransportError::Frame(FrameError::Closed)
-        )
+        matches!(self, TransportError::Closed | TransportError::Frame(FrameError::Closed))
     }
 }
 
@@ -134,11 +128,7 @@ pub fn memory_pair() -> (MemoryConnection, MemoryConnection) {
     let mk = |tx, rx, name: &str| MemoryConnection {
         tx: Mutex::new(Some(tx)),
         rx: Mutex::new(rx),
-        peer: PeerInfo {
-            transport: "memory",
-            address: name.into(),
-            identity: None,
-        },
+        peer: PeerInfo { transport: "memory", address: name.into(), identity: None },
     };
     (mk(atx, arx, "b"), mk(btx, brx, "a"))
 }

@@ -70,12 +70,7 @@ pub struct RefDesc {
 impl RefDesc {
     /// A description with no flags and no attribute hints.
     pub fn new(id: RefId, type_name: impl Into<String>) -> Self {
-        RefDesc {
-            id,
-            type_name: type_name.into(),
-            flags: 0,
-            attrs: Vec::new(),
-        }
+        RefDesc { id, type_name: type_name.into(), flags: 0, attrs: Vec::new() }
     }
 
     /// Whether the object is callable.
@@ -122,10 +117,7 @@ pub struct Target {
 impl Target {
     /// The object `id` itself.
     pub fn object(id: RefId) -> Self {
-        Target {
-            id,
-            path: Vec::new(),
-        }
+        Target { id, path: Vec::new() }
     }
 }
 

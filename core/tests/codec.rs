@@ -3,9 +3,7 @@
 use bytes::Bytes;
 use farcall_core::codec::{self, decode, encode, DecodeError};
 use farcall_core::framing::{read_frame, write_frame, FrameError};
-use farcall_core::{
-    LazyAttr, LazyKind, Message, RefDesc, Release, RemoteException, Request, Target, Value,
-};
+use farcall_core::{LazyAttr, LazyKind, Message, RefDesc, Release, RemoteException, Request, Target, Value};
 use proptest::prelude::*;
 
 fn arb_value() -> impl Strategy<Value = Value> {
@@ -18,13 +16,8 @@ fn arb_value() -> impl Strategy<Value = Value> {
         (any::<f64>(), any::<f64>()).prop_map(|(a, b)| Value::Complex(a, b)),
         ".*".prop_map(Value::Str),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| Value::Bytes(b.into())),
-        (
-            any::<u64>(),
-            "[a-z.]{0,20}",
-            any::<u8>(),
-            proptest::collection::vec(("[a-z_]{1,8}", 0..3u8, "[a-z.]{1,8}"), 0..4)
-        )
-            .prop_map(|(id, t, flags, attrs)| {
+        (any::<u64>(), "[a-z.]{0,20}", any::<u8>(), proptest::collection::vec(("[a-z_]{1,8}", 0..3u8, "[a-z.]{1,8}"), 0..4)).prop_map(
+            |(id, t, flags, attrs)| {
                 Value::SenderObject(RefDesc {
                     id,
                     type_name: t,
@@ -41,9 +34,9 @@ fn arb_value() -> impl Strategy<Value = Value> {
                         })
                         .collect(),
                 })
-            }),
-        (any::<u64>(), proptest::collection::vec("[a-z_]{1,8}", 0..3))
-            .prop_map(|(id, path)| Value::ReceiverObject(Target { id, path })),
+            }
+        ),
+        (any::<u64>(), proptest::collection::vec("[a-z_]{1,8}", 0..3)).prop_map(|(id, path)| Value::ReceiverObject(Target { id, path })),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
@@ -54,59 +47,29 @@ fn arb_value() -> impl Strategy<Value = Value> {
 }
 
 fn arb_target() -> impl Strategy<Value = Target> {
-    (any::<u64>(), proptest::collection::vec(".{0,8}", 0..3))
-        .prop_map(|(id, path)| Target { id, path })
+    (any::<u64>(), proptest::collection::vec(".{0,8}", 0..3)).prop_map(|(id, path)| Target { id, path })
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
     let request = prop_oneof![
         ".*".prop_map(|name| Request::GetModule { name }),
         (arb_target(), ".*").prop_map(|(target, name)| Request::GetAttr { target, name }),
-        (arb_target(), ".*", arb_value()).prop_map(|(target, name, value)| Request::SetAttr {
-            target,
-            name,
-            value
-        }),
+        (arb_target(), ".*", arb_value()).prop_map(|(target, name, value)| Request::SetAttr { target, name, value }),
         (arb_target(), ".*").prop_map(|(target, name)| Request::DelAttr { target, name }),
-        (
-            arb_target(),
-            proptest::collection::vec(arb_value(), 0..4),
-            proptest::collection::vec((".{0,6}", arb_value()), 0..3)
-        )
-            .prop_map(|(target, args, kwargs)| Request::Call {
-                target,
-                args,
-                kwargs
-            }),
+        (arb_target(), proptest::collection::vec(arb_value(), 0..4), proptest::collection::vec((".{0,6}", arb_value()), 0..3))
+            .prop_map(|(target, args, kwargs)| Request::Call { target, args, kwargs }),
         arb_target().prop_map(|target| Request::Repr { target }),
         arb_target().prop_map(|target| Request::Str { target }),
         Just(Request::Stats),
     ];
-    let exc = (
-        ".*",
-        ".*",
-        proptest::collection::vec(arb_value(), 0..3),
-        ".*",
-        ".*",
-    )
-        .prop_map(|(m, n, args, message, traceback)| RemoteException {
-            type_module: m,
-            type_name: n,
-            args,
-            message,
-            traceback,
-        });
+    let exc = (".*", ".*", proptest::collection::vec(arb_value(), 0..3), ".*", ".*")
+        .prop_map(|(m, n, args, message, traceback)| RemoteException { type_module: m, type_name: n, args, message, traceback });
     prop_oneof![
         (any::<u64>(), request).prop_map(|(id, op)| Message::Request { id, op }),
         (any::<u64>(), arb_value()).prop_map(|(id, v)| Message::Reply { id, result: Ok(v) }),
         (any::<u64>(), exc).prop_map(|(id, e)| Message::Reply { id, result: Err(e) }),
-        proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10).prop_map(|r| {
-            Message::Release(
-                r.into_iter()
-                    .map(|(id, count)| Release { id, count })
-                    .collect(),
-            )
-        }),
+        proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10)
+            .prop_map(|r| { Message::Release(r.into_iter().map(|(id, count)| Release { id, count }).collect(),) }),
     ]
 }
 
@@ -175,24 +138,12 @@ fn plain_values_are_exact() {
 #[test]
 fn large_bytes_are_not_copied() {
     let payload = Bytes::from(vec![7u8; 1 << 20]);
-    let msg = Message::Reply {
-        id: 9,
-        result: Ok(Value::Bytes(payload.clone())),
-    };
+    let msg = Message::Reply { id: 9, result: Ok(Value::Bytes(payload.clone())) };
     let frame = encode(&msg);
     // The payload is its own chunk: the same memory, not a copy.
-    assert!(frame
-        .chunks()
-        .iter()
-        .any(|c| c.as_ptr() == payload.as_ptr()));
+    assert!(frame.chunks().iter().any(|c| c.as_ptr() == payload.as_ptr()));
     let body = frame.to_bytes();
-    let Message::Reply {
-        result: Ok(Value::Bytes(b)),
-        ..
-    } = decode(body.clone()).unwrap()
-    else {
-        panic!("not bytes")
-    };
+    let Message::Reply { result: Ok(Value::Bytes(b)), .. } = decode(body.clone()).unwrap() else { panic!("not bytes") };
     assert_eq!(b.len(), 1 << 20);
     // The decoded value is a slice of the received frame.
     let start = body.as_ptr() as usize;
@@ -221,10 +172,7 @@ fn deep_nesting_is_refused() {
 fn unknown_operation_keeps_the_request_id() {
     // [0, 42, 99] : a request with id 42 for opcode 99.
     let bytes = vec![0x93, 0x00, 42, 99];
-    assert_eq!(
-        decode(bytes.into()),
-        Err(DecodeError::UnknownOp { id: 42, op: 99 })
-    );
+    assert_eq!(decode(bytes.into()), Err(DecodeError::UnknownOp { id: 42, op: 99 }));
 }
 
 #[test]
@@ -241,15 +189,9 @@ fn frames_over_the_limit_are_refused_before_reading() {
 #[test]
 fn truncated_frames_are_reported() {
     let wire = [0, 0, 0, 10, 1, 2, 3];
-    assert!(matches!(
-        read_frame(&mut &wire[..], 1024),
-        Err(FrameError::Truncated { got: 3, want: 10 })
-    ));
+    assert!(matches!(read_frame(&mut &wire[..], 1024), Err(FrameError::Truncated { got: 3, want: 10 })));
     let wire = [0, 0];
-    assert!(matches!(
-        read_frame(&mut &wire[..], 1024),
-        Err(FrameError::Truncated { got: 2, want: 4 })
-    ));
+    assert!(matches!(read_frame(&mut &wire[..], 1024), Err(FrameError::Truncated { got: 2, want: 4 })));
 }
 
 #[test]
@@ -265,12 +207,8 @@ fn frame_reader_reads_frames_split_and_joined_and_reuses_its_buffer() {
             Ok(n)
         }
     }
-    let msgs: Vec<Message> = (0..5)
-        .map(|i| Message::Reply {
-            id: i,
-            result: Ok(Value::Bytes(vec![i as u8; 100 * i as usize].into())),
-        })
-        .collect();
+    let msgs: Vec<Message> =
+        (0..5).map(|i| Message::Reply { id: i, result: Ok(Value::Bytes(vec![i as u8; 100 * i as usize].into())) }).collect();
     let mut wire = Vec::new();
     for m in &msgs {
         write_frame(&mut wire, &encode(m)).unwrap();
@@ -280,33 +218,18 @@ fn frame_reader_reads_frames_split_and_joined_and_reuses_its_buffer() {
         let mut whole = &wire[..];
         let mut slow = Trickle(&wire);
         for m in &msgs {
-            let body = if trickle {
-                reader.read(&mut slow)
-            } else {
-                reader.read(&mut whole)
-            }
-            .unwrap();
+            let body = if trickle { reader.read(&mut slow) } else { reader.read(&mut whole) }.unwrap();
             assert_eq!(body, encode(m).to_bytes());
         }
-        let end = if trickle {
-            reader.read(&mut slow)
-        } else {
-            reader.read(&mut whole)
-        };
+        let end = if trickle { reader.read(&mut slow) } else { reader.read(&mut whole) };
         assert!(matches!(end, Err(FrameError::Closed)));
     }
     // Over the limit: refused from the header alone.
     let mut reader = FrameReader::new(16, 1024);
-    assert!(matches!(
-        reader.read(&mut &[0u8, 0, 1, 0][..]),
-        Err(FrameError::TooLarge { len: 256, max: 16 })
-    ));
+    assert!(matches!(reader.read(&mut &[0u8, 0, 1, 0][..]), Err(FrameError::TooLarge { len: 256, max: 16 })));
     // Cut short inside the body.
     let mut reader = FrameReader::new(1024, 1024);
-    assert!(matches!(
-        reader.read(&mut &[0u8, 0, 0, 9, 1, 2][..]),
-        Err(FrameError::Truncated { got: 2, want: 9 })
-    ));
+    assert!(matches!(reader.read(&mut &[0u8, 0, 0, 9, 1, 2][..]), Err(FrameError::Truncated { got: 2, want: 9 })));
 }
 
 #[test]

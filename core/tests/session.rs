@@ -5,36 +5,19 @@ use std::sync::Mutex;
 
 use farcall_core::session::{release_frame, reply_frame};
 use farcall_core::transport::memory_pair;
-use farcall_core::{
-    Connection, ExportTable, Incoming, RefDesc, ReleaseQueue, Request, Session, SessionError,
-    Target, Value,
-};
+use farcall_core::{Connection, ExportTable, Incoming, RefDesc, ReleaseQueue, Request, Session, SessionError, Target, Value};
 
 /// The "server" side: answers `GetModule` with a new object and `Stats` with
 /// its table size, applying releases as they come.
-fn serve_one(
-    conn: &dyn Connection,
-    session: &Mutex<Session>,
-    table: &Mutex<ExportTable<String, String>>,
-) {
+fn serve_one(conn: &dyn Connection, session: &Mutex<Session>, table: &Mutex<ExportTable<String, String>>) {
     let body = conn.recv().unwrap();
     let incoming = session.lock().unwrap().receive(body).unwrap();
     match incoming {
-        Incoming::Request {
-            id,
-            op: Request::GetModule { name },
-        } => {
+        Incoming::Request { id, op: Request::GetModule { name } } => {
             let oid = table.lock().unwrap().export(name.clone(), || name.clone());
-            conn.send(&[&reply_frame(
-                id,
-                Ok(Value::SenderObject(RefDesc::new(oid, "module"))),
-            )])
-            .unwrap();
+            conn.send(&[&reply_frame(id, Ok(Value::SenderObject(RefDesc::new(oid, "module"))))]).unwrap();
         }
-        Incoming::Request {
-            id,
-            op: Request::Stats,
-        } => {
+        Incoming::Request { id, op: Request::Stats } => {
             let n = table.lock().unwrap().len() as i64;
             conn.send(&[&reply_frame(id, Ok(Value::Int(n)))]).unwrap();
         }
@@ -57,12 +40,8 @@ fn requests_replies_and_releases_between_two_sessions() {
     let releases = ReleaseQueue::new();
 
     // Two requests in flight; replies matched by id.
-    let (id1, f1) = client.lock().unwrap().request(&Request::GetModule {
-        name: "math".into(),
-    });
-    let (id2, f2) = client.lock().unwrap().request(&Request::GetModule {
-        name: "math".into(),
-    });
+    let (id1, f1) = client.lock().unwrap().request(&Request::GetModule { name: "math".into() });
+    let (id2, f2) = client.lock().unwrap().request(&Request::GetModule { name: "math".into() });
     assert_ne!(id1, id2);
     a.send(&[&f1, &f2]).unwrap();
     serve_one(&b, &server, &table);
@@ -70,16 +49,12 @@ fn requests_replies_and_releases_between_two_sessions() {
     let mut got = Vec::new();
     for _ in 0..2 {
         let incoming = client.lock().unwrap().receive(a.recv().unwrap()).unwrap();
-        let Incoming::Reply(id) = incoming else {
-            panic!("{incoming:?}")
-        };
+        let Incoming::Reply(id) = incoming else { panic!("{incoming:?}") };
         got.push(client.lock().unwrap().take_reply(id).unwrap().unwrap());
     }
     // The same object sent twice has one id and a count of two.
     assert_eq!(got[0], got[1]);
-    let Value::SenderObject(desc) = &got[0] else {
-        panic!()
-    };
+    let Value::SenderObject(desc) = &got[0] else { panic!() };
     assert_eq!(table.lock().unwrap().len(), 1);
 
     // Giving back one reception keeps it; the second frees it.
@@ -93,18 +68,12 @@ fn requests_replies_and_releases_between_two_sessions() {
     assert!(table.lock().unwrap().is_empty());
 
     // Ids are never reused.
-    let (_, f) = client.lock().unwrap().request(&Request::GetModule {
-        name: "math".into(),
-    });
+    let (_, f) = client.lock().unwrap().request(&Request::GetModule { name: "math".into() });
     a.send(&[&f]).unwrap();
     serve_one(&b, &server, &table);
     let incoming = client.lock().unwrap().receive(a.recv().unwrap()).unwrap();
-    let Incoming::Reply(id) = incoming else {
-        panic!()
-    };
-    let Ok(Value::SenderObject(again)) = client.lock().unwrap().take_reply(id).unwrap() else {
-        panic!()
-    };
+    let Incoming::Reply(id) = incoming else { panic!() };
+    let Ok(Value::SenderObject(again)) = client.lock().unwrap().take_reply(id).unwrap() else { panic!() };
     assert!(again.id > desc.id);
     assert_eq!(client.lock().unwrap().in_flight(), 0);
 }
@@ -113,10 +82,7 @@ fn requests_replies_and_releases_between_two_sessions() {
 fn a_reply_to_an_unknown_request_is_a_protocol_error() {
     let mut s = Session::new();
     let frame = reply_frame(77, Ok(Value::None));
-    assert!(matches!(
-        s.receive(frame.to_bytes()),
-        Err(SessionError::UnknownReply(77))
-    ));
+    assert!(matches!(s.receive(frame.to_bytes()), Err(SessionError::UnknownReply(77))));
 }
 
 #[test]
@@ -124,15 +90,9 @@ fn a_late_reply_to_an_abandoned_request_is_ignored() {
     let mut s = Session::new();
     let (id, _) = s.request(&Request::Stats);
     s.abandon(id);
-    assert_eq!(
-        s.receive(reply_frame(id, Ok(Value::None)).to_bytes())
-            .unwrap(),
-        Incoming::Ignored
-    );
+    assert_eq!(s.receive(reply_frame(id, Ok(Value::None)).to_bytes()).unwrap(), Incoming::Ignored);
     // Only once: a second copy is a violation.
-    assert!(s
-        .receive(reply_frame(id, Ok(Value::None)).to_bytes())
-        .is_err());
+    assert!(s.receive(reply_frame(id, Ok(Value::None)).to_bytes()).is_err());
 }
 
 #[test]
@@ -155,23 +115,11 @@ fn export_table_counts_and_forgets() {
 #[test]
 fn receiver_targets_survive_the_codec() {
     let mut s = Session::new();
-    let target = Target {
-        id: 3,
-        path: vec!["path".into(), "join".into()],
-    };
-    let (id, frame) = s.request(&Request::Call {
-        target: target.clone(),
-        args: vec![Value::ReceiverObject(target.clone())],
-        kwargs: vec![],
-    });
+    let target = Target { id: 3, path: vec!["path".into(), "join".into()] };
+    let (id, frame) =
+        s.request(&Request::Call { target: target.clone(), args: vec![Value::ReceiverObject(target.clone())], kwargs: vec![] });
     let mut peer = Session::new();
-    let Incoming::Request {
-        id: got,
-        op: Request::Call {
-            target: t, args, ..
-        },
-    } = peer.receive(frame.to_bytes()).unwrap()
-    else {
+    let Incoming::Request { id: got, op: Request::Call { target: t, args, .. } } = peer.receive(frame.to_bytes()).unwrap() else {
         panic!()
     };
     assert_eq!((got, t), (id, target.clone()));

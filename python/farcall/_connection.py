@@ -103,18 +103,28 @@ def connect(
     """Connects to a farcall server.
 
     Args:
-        address: ``"host:port"`` or ``"tcp://host:port"``.
-        ca, cert, key, server_name: TLS settings for ``tls://`` and ``quic://``
-            (not available in this version).
-        config: a client TOML file giving ``address`` (and ``timeout_s``).
+        address: ``"host:port"`` (TCP), or a URL: ``tcp://``, ``tls://`` or
+            ``quic://host:port``.
+        ca: for ``tls://`` and ``quic://``: the CA certificate (PEM file) that
+            signed the server's certificate.
+        cert, key: this client's certificate and private key (PEM files);
+            servers only accept clients whose certificate their CA signed.
+        server_name: the name to check the server's certificate against
+            (default: the host in ``address``).
+        config: a client TOML file with any of ``address``, ``ca``, ``cert``,
+            ``key``, ``server_name``, ``timeout_s``; arguments given here win.
         timeout: seconds allowed for connecting and the handshake.
     """
+    options = {"ca": ca, "cert": cert, "key": key, "server_name": server_name, "timeout": timeout}
     if config is not None:
-        file_address, file_timeout = _native.read_client_config(os.fspath(config))
-        address = address or file_address
-        timeout = timeout if timeout is not None else file_timeout
+        from_file = _native.read_client_config(os.fspath(config))
+        address = address or from_file.pop("address")
+        for name, value in from_file.items():
+            if options.get(name) is None:
+                options[name] = value
     if address is None:
         raise ValueError("farcall.connect needs an address (or a config file that gives one)")
-    if any(x is not None for x in (ca, cert, key, server_name)):
-        raise ValueError("TLS options (ca, cert, key, server_name) need tls:// or quic://, which this version does not support yet")
-    return Connection(_native.Client.connect(address, timeout))
+    for name in ("ca", "cert", "key"):
+        if options[name] is not None:
+            options[name] = os.fspath(options[name])
+    return Connection(_native.Client.connect(address, **options))

@@ -10,9 +10,7 @@ use farcall_core::RemoteException;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{
-    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple,
-};
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyString, PyTuple};
 
 /// `bytes` at least this long are sent without copying them.
 const ZERO_COPY_MIN: usize = 16 * 1024;
@@ -31,9 +29,7 @@ struct Hooks {
 static HOOKS: PyOnceLock<Hooks> = PyOnceLock::new();
 
 fn hooks(py: Python<'_>) -> PyResult<&Hooks> {
-    HOOKS.get(py).ok_or_else(|| {
-        PyTypeError::new_err("farcall._native used before farcall registered its hooks")
-    })
+    HOOKS.get(py).ok_or_else(|| PyTypeError::new_err("farcall._native used before farcall registered its hooks"))
 }
 
 /// Called once by `farcall/__init__.py`.
@@ -46,16 +42,7 @@ fn _register(
     client_error: Py<PyAny>,
 ) -> PyResult<()> {
     let int_from_bytes = py.get_type::<PyInt>().getattr("from_bytes")?.unbind();
-    let _ = HOOKS.set(
-        py,
-        Hooks {
-            proxy_class,
-            make_proxy,
-            remote_error,
-            client_error,
-            int_from_bytes,
-        },
-    );
+    let _ = HOOKS.set(py, Hooks { proxy_class, make_proxy, remote_error, client_error, int_from_bytes });
     Ok(())
 }
 
@@ -72,7 +59,7 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
         other => {
             let kind = match &other {
                 ClientError::Address { .. } => "address",
-                ClientError::Connect { .. } => "connect",
+                ClientError::Connect { .. } | ClientError::Tls(_) => "connect",
                 ClientError::Handshake(_) => "handshake",
                 ClientError::ConnectionLost(_) => "lost",
                 _ => "protocol",
@@ -87,17 +74,8 @@ fn to_pyerr(py: Python<'_>, e: ClientError) -> PyErr {
 }
 
 fn remote_exception(py: Python<'_>, h: &Hooks, x: RemoteException) -> PyResult<Py<PyAny>> {
-    let args = PyTuple::new(
-        py,
-        x.args
-            .into_iter()
-            .map(|a| value_to_py_plain(py, a))
-            .collect::<PyResult<Vec<_>>>()?,
-    )?;
-    h.remote_error.call1(
-        py,
-        (x.type_module, x.type_name, args, x.message, x.traceback),
-    )
+    let args = PyTuple::new(py, x.args.into_iter().map(|a| value_to_py_plain(py, a)).collect::<PyResult<Vec<_>>>()?)?;
+    h.remote_error.call1(py, (x.type_module, x.type_name, args, x.message, x.traceback))
 }
 
 /// A handle on one server object (a `farcall.Proxy` holds one).
@@ -128,9 +106,7 @@ impl AsRef<[u8]> for PyBytesOwner {
 
 fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResult<Remote> {
     if depth > MAX_DEPTH {
-        return Err(PyValueError::new_err(
-            "farcall: value nested too deeply to send",
-        ));
+        return Err(PyValueError::new_err("farcall: value nested too deeply to send"));
     }
     if obj.is_none() {
         return Ok(Remote::None);
@@ -145,13 +121,7 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
                 let bits: usize = obj.call_method0("bit_length")?.extract()?;
                 let b: Vec<u8> = obj
                     .call_method1("to_bytes", (bits / 8 + 1, "little"))
-                    .or_else(|_| {
-                        obj.call_method(
-                            "to_bytes",
-                            (bits / 8 + 1, "little"),
-                            Some(&[("signed", true)].into_py_dict(obj.py())?),
-                        )
-                    })?
+                    .or_else(|_| obj.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&[("signed", true)].into_py_dict(obj.py())?)))?
                     .extract()?;
                 Ok(Remote::BigInt(b.into()))
             }
@@ -168,25 +138,13 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
         if data.len() < ZERO_COPY_MIN {
             return Ok(Remote::Bytes(Bytes::copy_from_slice(data)));
         }
-        return Ok(Remote::Bytes(Bytes::from_owner(PyBytesOwner {
-            ptr: data.as_ptr(),
-            len: data.len(),
-            _obj: b.clone().unbind(),
-        })));
+        return Ok(Remote::Bytes(Bytes::from_owner(PyBytesOwner { ptr: data.as_ptr(), len: data.len(), _obj: b.clone().unbind() })));
     }
     if let Ok(t) = obj.cast_exact::<PyTuple>() {
-        return Ok(Remote::Tuple(
-            t.iter()
-                .map(|x| py_to_remote(&x, client, depth + 1))
-                .collect::<PyResult<_>>()?,
-        ));
+        return Ok(Remote::Tuple(t.iter().map(|x| py_to_remote(&x, client, depth + 1)).collect::<PyResult<_>>()?));
     }
     if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-        return Ok(Remote::FrozenSet(
-            s.iter()
-                .map(|x| py_to_remote(&x, client, depth + 1))
-                .collect::<PyResult<_>>()?,
-        ));
+        return Ok(Remote::FrozenSet(s.iter().map(|x| py_to_remote(&x, client, depth + 1)).collect::<PyResult<_>>()?));
     }
     if obj.is_exact_instance_of::<PyComplex>() {
         let c = obj.cast::<PyComplex>()?;
@@ -197,9 +155,7 @@ fn py_to_remote(obj: &Bound<'_, PyAny>, client: &Client, depth: usize) -> PyResu
         let handle = obj.getattr("_farcall_handle")?;
         let h = handle.cast::<Handle>()?.get();
         if !h.obj.client().same_connection(client) {
-            return Err(PyValueError::new_err(
-                "farcall: a proxy can only be passed to the connection it came from",
-            ));
+            return Err(PyValueError::new_err("farcall: a proxy can only be passed to the connection it came from"));
         }
         return Ok(Remote::Object(h.obj.clone()));
     }
@@ -229,34 +185,19 @@ fn remote_to_py(py: Python<'_>, r: Remote) -> PyResult<Py<PyAny>> {
         Remote::None => py.None(),
         Remote::Bool(b) => PyBool::new(py, b).to_owned().into_any().unbind(),
         Remote::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Remote::BigInt(b) => hooks(py)?
-            .int_from_bytes
-            .bind(py)
-            .call(
-                (PyBytes::new(py, &b), "little"),
-                Some(&[("signed", true)].into_py_dict(py)?),
-            )?
-            .unbind(),
+        Remote::BigInt(b) => {
+            hooks(py)?.int_from_bytes.bind(py).call((PyBytes::new(py, &b), "little"), Some(&[("signed", true)].into_py_dict(py)?))?.unbind()
+        }
         Remote::Float(f) => PyFloat::new(py, f).into_any().unbind(),
         Remote::Complex(a, b) => PyComplex::from_doubles(py, a, b).into_any().unbind(),
         Remote::Str(s) => PyString::new(py, &s).into_any().unbind(),
         Remote::Bytes(b) => PyBytes::new(py, &b).into_any().unbind(),
-        Remote::Tuple(t) => PyTuple::new(
-            py,
-            t.into_iter()
-                .map(|x| remote_to_py(py, x))
-                .collect::<PyResult<Vec<_>>>()?,
-        )?
-        .into_any()
-        .unbind(),
-        Remote::FrozenSet(t) => PyFrozenSet::new(
-            py,
-            t.into_iter()
-                .map(|x| remote_to_py(py, x))
-                .collect::<PyResult<Vec<_>>>()?,
-        )?
-        .into_any()
-        .unbind(),
+        Remote::Tuple(t) => {
+            PyTuple::new(py, t.into_iter().map(|x| remote_to_py(py, x)).collect::<PyResult<Vec<_>>>()?)?.into_any().unbind()
+        }
+        Remote::FrozenSet(t) => {
+            PyFrozenSet::new(py, t.into_iter().map(|x| remote_to_py(py, x)).collect::<PyResult<Vec<_>>>()?)?.into_any().unbind()
+        }
         Remote::Object(obj) => {
             let handle = Py::new(py, Handle { obj })?;
             hooks(py)?.make_proxy.call1(py, (handle,))?
@@ -265,10 +206,7 @@ fn remote_to_py(py: Python<'_>, r: Remote) -> PyResult<Py<PyAny>> {
 }
 
 /// Runs a client operation with the interpreter detached, then converts its result.
-fn run(
-    py: Python<'_>,
-    f: impl FnOnce() -> Result<Remote, ClientError> + Send,
-) -> PyResult<Py<PyAny>> {
+fn run(py: Python<'_>, f: impl FnOnce() -> Result<Remote, ClientError> + Send) -> PyResult<Py<PyAny>> {
     match py.detach(f) {
         Ok(r) => remote_to_py(py, r),
         Err(e) => Err(to_pyerr(py, e)),
@@ -284,17 +222,9 @@ impl Handle {
 
     /// `obj(*args, **kwargs)` on the server.
     #[pyo3(signature = (args, kwargs=None))]
-    fn call(
-        &self,
-        py: Python<'_>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
+    fn call(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
         let client = self.obj.client();
-        let a = args
-            .iter()
-            .map(|x| py_to_remote(&x, client, 0))
-            .collect::<PyResult<Vec<_>>>()?;
+        let a = args.iter().map(|x| py_to_remote(&x, client, 0)).collect::<PyResult<Vec<_>>>()?;
         let mut kw = Vec::new();
         if let Some(k) = kwargs {
             for (key, value) in k.iter() {
@@ -352,9 +282,7 @@ impl Handle {
     /// The connection this handle belongs to.
     #[getter]
     fn connection(&self) -> NativeClient {
-        NativeClient {
-            client: self.obj.client().clone(),
-        }
+        NativeClient { client: self.obj.client().clone() }
     }
 }
 
@@ -368,23 +296,30 @@ struct NativeClient {
 impl NativeClient {
     /// Connects and performs the handshake.
     #[staticmethod]
-    #[pyo3(signature = (address, timeout=None))]
-    fn connect(py: Python<'_>, address: String, timeout: Option<f64>) -> PyResult<NativeClient> {
+    #[pyo3(signature = (address, timeout=None, ca=None, cert=None, key=None, server_name=None))]
+    fn connect(
+        py: Python<'_>,
+        address: String,
+        timeout: Option<f64>,
+        ca: Option<std::path::PathBuf>,
+        cert: Option<std::path::PathBuf>,
+        key: Option<std::path::PathBuf>,
+        server_name: Option<String>,
+    ) -> PyResult<NativeClient> {
         let timeout = match timeout {
-            Some(t) if !(t.is_finite() && t > 0.0) => {
-                return Err(PyValueError::new_err(
-                    "timeout must be a positive number of seconds",
-                ))
-            }
+            Some(t) if !(t.is_finite() && t > 0.0) => return Err(PyValueError::new_err("timeout must be a positive number of seconds")),
             t => t.map(Duration::from_secs_f64),
         };
+        let tls = match (ca, cert, key, server_name) {
+            (None, None, None, None) => None,
+            (Some(ca), cert, key, server_name) => Some(farcall_client::TlsOptions { ca, cert, key, server_name }),
+            _ => return Err(PyValueError::new_err("TLS options need `ca`: the CA certificate that signed the server's certificate")),
+        };
+        let version = py.version_info();
         let options = farcall_client::Options {
             timeout,
-            client_name: format!(
-                "farcall-python {} / Python {}",
-                env!("CARGO_PKG_VERSION"),
-                py.version_info().major.to_string() + "." + &py.version_info().minor.to_string()
-            ),
+            client_name: format!("farcall-python {} / Python {}.{}", env!("CARGO_PKG_VERSION"), version.major, version.minor),
+            tls,
             ..Default::default()
         };
         match py.detach(|| Client::connect(&address, &options)) {
@@ -414,14 +349,12 @@ impl NativeClient {
 
     /// `(live objects, objects ever exported)` in this session's table on the server.
     fn stats(&self, py: Python<'_>) -> PyResult<(i64, i64)> {
-        py.detach(|| self.client.stats())
-            .map_err(|e| to_pyerr(py, e))
+        py.detach(|| self.client.stats()).map_err(|e| to_pyerr(py, e))
     }
 
     /// Sends queued reference releases now.
     fn flush_releases(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.client.flush_releases())
-            .map_err(|e| to_pyerr(py, e))
+        py.detach(|| self.client.flush_releases()).map_err(|e| to_pyerr(py, e))
     }
 
     /// Closes the connection (idempotent).
@@ -441,12 +374,19 @@ impl NativeClient {
     }
 }
 
-/// Reads a client TOML file: returns `(address, timeout_s)`.
+/// Reads a client TOML file into the keyword arguments of `farcall.connect`
+/// (relative paths resolved against the file's folder).
 #[pyfunction]
-fn read_client_config(path: std::path::PathBuf) -> PyResult<(Option<String>, Option<f64>)> {
-    let c = farcall_config::ClientConfig::from_file(&path)
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok((c.address, c.timeout_s))
+fn read_client_config<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let c = farcall_config::ClientConfig::from_file(&path).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let d = PyDict::new(py);
+    d.set_item("address", c.address)?;
+    d.set_item("timeout", c.timeout_s)?;
+    d.set_item("ca", c.ca)?;
+    d.set_item("cert", c.cert)?;
+    d.set_item("key", c.key)?;
+    d.set_item("server_name", c.server_name)?;
+    Ok(d)
 }
 
 #[pymodule]

@@ -23,10 +23,7 @@ use std::time::Duration;
 
 use farcall_core::handshake::{self, HandshakeReply, ServerHello};
 use farcall_core::session::reply_frame;
-use farcall_core::{
-    Connection, EvalSession, Evaluator, Frame, Incoming, Listener, RemoteException, Request, Route,
-    Session, SessionInfo,
-};
+use farcall_core::{Connection, EvalSession, Evaluator, Frame, Incoming, Listener, RemoteException, Request, Route, Session, SessionInfo};
 use tracing::{debug, info, warn};
 
 /// Server-wide settings.
@@ -124,10 +121,8 @@ impl Server {
             match listener.accept() {
                 Ok(conn) => {
                     let server = self.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("farcall-conn".into())
-                        .stack_size(WORKER_STACK)
-                        .spawn(move || server.handle(conn));
+                    let spawned =
+                        std::thread::Builder::new().name("farcall-conn".into()).stack_size(WORKER_STACK).spawn(move || server.handle(conn));
                     if let Err(e) = spawned {
                         warn!("could not start a thread for a new connection on {url}: {e}");
                     }
@@ -177,13 +172,16 @@ impl Server {
         if sessions.len() >= inner.options.max_connections {
             drop(sessions);
             warn!(%peer, "refused: at the limit of {} connections", inner.options.max_connections);
-            Self::refuse(&*conn, &format!("the server is at its limit of {} connections (limits.max_connections); try again later", inner.options.max_connections));
+            Self::refuse(
+                &*conn,
+                &format!(
+                    "the server is at its limit of {} connections (limits.max_connections); try again later",
+                    inner.options.max_connections
+                ),
+            );
             return;
         }
-        let eval = match inner.evaluator.open(&SessionInfo {
-            id,
-            peer: peer.clone(),
-        }) {
+        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone() }) {
             Ok(e) => e,
             Err(e) => {
                 drop(sessions);
@@ -214,10 +212,7 @@ impl Server {
         });
         sessions.insert(id, c.clone());
         drop(sessions);
-        if let Err(e) = c.conn.send(&[&Frame::from_bytes(
-            Route::Oneway,
-            handshake::encode(&accept).into(),
-        )]) {
+        if let Err(e) = c.conn.send(&[&Frame::from_bytes(Route::Oneway, handshake::encode(&accept).into())]) {
             c.close(inner, &format!("sending the handshake failed: {e}"));
             return;
         }
@@ -250,9 +245,7 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     fn eval(&self) -> &dyn EvalSession {
-        self.eval
-            .as_deref()
-            .expect("evaluation session present until drop")
+        self.eval.as_deref().expect("evaluation session present until drop")
     }
 
     fn close(&self, inner: &Inner, why: &str) {
@@ -304,9 +297,7 @@ impl Conn {
                 }
             };
             // Make sure another thread takes the reading role while this one works.
-            if self.waiting.load(Ordering::SeqCst) == 0
-                && self.threads.load(Ordering::SeqCst) < inner.options.max_threads_per_connection
-            {
+            if self.waiting.load(Ordering::SeqCst) == 0 && self.threads.load(Ordering::SeqCst) < inner.options.max_threads_per_connection {
                 self.threads.fetch_add(1, Ordering::SeqCst);
                 let me = self.clone();
                 let server = server.clone();

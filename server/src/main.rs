@@ -39,10 +39,7 @@ struct ServeArgs {
 }
 
 fn parse_serve(args: &[String]) -> Result<ServeArgs> {
-    let mut out = ServeArgs {
-        config: None,
-        listen: Vec::new(),
-    };
+    let mut out = ServeArgs { config: None, listen: Vec::new() };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -70,14 +67,8 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig> {
         None => ServerConfig::default(),
     };
     if !args.listen.is_empty() {
-        config.server.listen = args
-            .listen
-            .iter()
-            .map(|u| {
-                u.parse::<ListenUrl>()
-                    .with_context(|| format!("--listen {u}"))
-            })
-            .collect::<Result<_>>()?;
+        config.server.listen =
+            args.listen.iter().map(|u| u.parse::<ListenUrl>().with_context(|| format!("--listen {u}"))).collect::<Result<_>>()?;
         config.validate().context("--listen")?;
     }
     Ok(config)
@@ -89,29 +80,31 @@ fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
             let e = farcall_backend_embedded::EmbeddedEvaluator::start()?;
             Ok(Arc::new(e))
         }
-        other => bail!(
-            "evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""
-        ),
+        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""),
     }
 }
 
-fn bind(url: &ListenUrl, max_frame: usize) -> Result<Box<dyn Listener>> {
-    match url.scheme {
-        Scheme::Tcp => {
-            let addr = if url.host.contains(':') {
-                format!("[{}]:{}", url.host, url.port)
-            } else {
-                format!("{}:{}", url.host, url.port)
-            };
-            Ok(Box::new(farcall_transport_tcp::TcpListener::bind(
-                &addr, max_frame,
-            )?))
-        }
-        Scheme::Tls | Scheme::Quic => bail!(
-            "{url}: {}:// listeners are not available in this build yet; use tcp://",
-            url.scheme
-        ),
-    }
+/// ALPN protocol id of farcall over TLS and QUIC.
+const ALPN: &[u8] = b"farcall/1";
+
+/// The server's rustls configuration from `[tls]` (validation made sure
+/// the three files are named when a tls:// or quic:// listener exists).
+fn server_tls(config: &ServerConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let t = &config.tls;
+    let (Some(cert), Some(key), Some(client_ca)) = (&t.cert, &t.key, &t.client_ca) else {
+        bail!("tls:// and quic:// listeners need [tls] cert, key and client_ca");
+    };
+    let files = farcall_tls::ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() };
+    Ok(files.load(&[ALPN])?)
+}
+
+fn bind(url: &ListenUrl, config: &ServerConfig, max_frame: usize) -> Result<Box<dyn Listener>> {
+    let addr = if url.host.contains(':') { format!("[{}]:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
+    Ok(match url.scheme {
+        Scheme::Tcp => Box::new(farcall_transport_tcp::TcpListener::bind(&addr, max_frame)?),
+        Scheme::Tls => Box::new(farcall_transport_tcp::TlsListener::bind(&addr, server_tls(config)?, max_frame)?),
+        Scheme::Quic => bail!("{url}: quic:// listeners are not available in this build yet"),
+    })
 }
 
 fn serve(args: &[String]) -> Result<()> {
@@ -122,12 +115,7 @@ fn serve(args: &[String]) -> Result<()> {
         max_connections: config.limits.max_connections as usize,
         ..ServerOptions::default()
     };
-    let listeners = config
-        .server
-        .listen
-        .iter()
-        .map(|u| bind(u, options.max_message_bytes))
-        .collect::<Result<Vec<_>>>()?;
+    let listeners = config.server.listen.iter().map(|u| bind(u, &config, options.max_message_bytes)).collect::<Result<Vec<_>>>()?;
     let evaluator = start_evaluator(&config)?;
     let backend = evaluator.info();
     info!(
@@ -151,20 +139,10 @@ fn serve(args: &[String]) -> Result<()> {
     stdout.flush()?;
     drop(stdout);
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     if let Some(sig) = signals.forever().next() {
-        let name = if sig == signal_hook::consts::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
-        info!(
-            "received {name}: closing {} session(s) and stopping",
-            server.session_count()
-        );
+        let name = if sig == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" };
+        info!("received {name}: closing {} session(s) and stopping", server.session_count());
     }
     server.shutdown();
     Ok(())
@@ -213,8 +191,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("FARCALL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();

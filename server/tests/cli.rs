@@ -16,13 +16,8 @@ struct Running {
 
 /// Starts `farcall serve ARGS` and waits (bounded) for its listening line.
 fn serve(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("farcall starts");
+    let mut child =
+        Command::new(BIN).arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("farcall starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -37,25 +32,13 @@ fn serve(args: &[&str]) -> Running {
             let _ = etx.send(line);
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a listening line");
-    let addr = line
-        .strip_prefix("farcall listening on tcp://")
-        .expect(&line)
-        .to_owned();
-    Running {
-        child,
-        addr,
-        stderr: erx,
-    }
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("a listening line");
+    let addr = line.strip_prefix("farcall listening on tcp://").expect(&line).to_owned();
+    Running { child, addr, stderr: erx }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
 }
 
@@ -81,31 +64,15 @@ fn serves_then_stops_cleanly_on_sigterm_and_sigint() {
     for sig in ["-TERM", "-INT"] {
         let mut s = serve(&["--listen", "tcp://127.0.0.1:0"]);
         let c = farcall_client::Client::connect(&s.addr, &Default::default()).unwrap();
-        let pow: farcall_client::RemoteObject = c
-            .module("math")
-            .unwrap()
-            .getattr("pow")
-            .unwrap()
-            .extract()
-            .unwrap();
-        let r: f64 = pow
-            .call(vec![3.into(), 2.into()])
-            .unwrap()
-            .extract()
-            .unwrap();
+        let pow: farcall_client::RemoteObject = c.module("math").unwrap().getattr("pow").unwrap().extract().unwrap();
+        let r: f64 = pow.call(vec![3.into(), 2.into()]).unwrap().extract().unwrap();
         assert_eq!(r, 9.0);
         signal(&s.child, sig);
         assert!(wait_exit(&mut s.child).success(), "{sig}: exit code 0");
         // The client sees the connection go, it does not hang.
-        assert!(matches!(
-            pow.call(vec![3.into(), 2.into()]),
-            Err(farcall_client::ClientError::ConnectionLost(_))
-        ));
+        assert!(matches!(pow.call(vec![3.into(), 2.into()]), Err(farcall_client::ClientError::ConnectionLost(_))));
         let logs: Vec<String> = s.stderr.try_iter().collect();
-        assert!(
-            logs.iter().any(|l| l.contains("session opened")),
-            "{logs:?}"
-        );
+        assert!(logs.iter().any(|l| l.contains("session opened")), "{logs:?}");
     }
 }
 
@@ -113,10 +80,7 @@ fn serves_then_stops_cleanly_on_sigterm_and_sigint() {
 fn logs_the_embedded_pythons_version_and_prefix_at_start() {
     let mut s = serve(&["--listen", "tcp://127.0.0.1:0"]);
     let out = Command::new(farcall_backend_embedded::BUILD_PYTHON)
-        .args([
-            "-c",
-            "import sys, platform; print(platform.python_version(), sys.prefix)",
-        ])
+        .args(["-c", "import sys, platform; print(platform.python_version(), sys.prefix)"])
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -128,14 +92,8 @@ fn logs_the_embedded_pythons_version_and_prefix_at_start() {
             break;
         }
     }
-    assert!(
-        startup.contains(&format!("python_version={version}")),
-        "{startup}"
-    );
-    assert!(
-        startup.contains(&format!("python_prefix={prefix}")),
-        "{startup}"
-    );
+    assert!(startup.contains(&format!("python_version={version}")), "{startup}");
+    assert!(startup.contains(&format!("python_prefix={prefix}")), "{startup}");
     signal(&s.child, "-TERM");
     assert!(wait_exit(&mut s.child).success());
 }
@@ -150,15 +108,8 @@ fn a_bad_config_names_file_line_and_key() {
     assert!(err.contains("bad.toml:2") && err.contains("listn"), "{err}");
     std::fs::write(&bad, "[evaluator]\nbackend = \"gpu\"\n").unwrap();
     let err = fails_with(&["serve", "--config", bad.to_str().unwrap()]);
-    assert!(
-        err.contains("bad.toml:2") && err.contains("backend"),
-        "{err}"
-    );
-    let err = fails_with(&[
-        "serve",
-        "--config",
-        dir.join("missing.toml").to_str().unwrap(),
-    ]);
+    assert!(err.contains("bad.toml:2") && err.contains("backend"), "{err}");
+    let err = fails_with(&["serve", "--config", dir.join("missing.toml").to_str().unwrap()]);
     assert!(err.contains("missing.toml"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -172,22 +123,10 @@ fn plain_tcp_off_loopback_needs_insecure() {
 #[test]
 fn usage_errors_are_clear() {
     let err = fails_with(&["serve", "--bogus"]);
-    assert!(
-        err.contains("unknown argument `--bogus`") && err.contains("usage"),
-        "{err}"
-    );
+    assert!(err.contains("unknown argument `--bogus`") && err.contains("usage"), "{err}");
     let mut out = String::new();
-    let mut child = Command::new(BIN)
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let mut child = Command::new(BIN).arg("--version").stdout(Stdio::piped()).spawn().unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(child.wait().unwrap().success());
     assert!(out.starts_with("farcall "), "{out}");
 }

@@ -78,13 +78,7 @@ pub struct Impairment {
 impl Default for Impairment {
     /// No impairment at all: no delay, no loss, seed 1.
     fn default() -> Self {
-        Impairment {
-            delay: Duration::ZERO,
-            jitter: Duration::ZERO,
-            loss: 0.0,
-            reorder: 0.0,
-            seed: 1,
-        }
+        Impairment { delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, reorder: 0.0, seed: 1 }
     }
 }
 
@@ -96,10 +90,7 @@ impl Impairment {
 
     /// A one-way delay of `delay` in each direction, nothing else.
     pub fn delay(delay: Duration) -> Self {
-        Impairment {
-            delay,
-            ..Self::default()
-        }
+        Impairment { delay, ..Self::default() }
     }
 
     /// A round-trip time of `rtt` added (half of it each way), nothing else.
@@ -139,10 +130,7 @@ impl Impairment {
     pub fn validate(&self) -> io::Result<()> {
         for (name, d) in [("delay", self.delay), ("jitter", self.jitter)] {
             if d > Self::MAX_DELAY {
-                return Err(io::Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("impairment {name} must be at most one hour, not {d:?}"),
-                ));
+                return Err(io::Error::new(ErrorKind::InvalidInput, format!("impairment {name} must be at most one hour, not {d:?}")));
             }
         }
         for (name, p) in [("loss", self.loss), ("reorder", self.reorder)] {
@@ -165,9 +153,7 @@ impl Rng {
     fn new(seed: u64, stream: u64) -> Self {
         // splitmix64 of the seed and stream, so nearby seeds give unrelated
         // sequences and the state is never zero.
-        let mut z = seed
-            .wrapping_add(stream.wrapping_mul(0xA076_1D64_78BD_642F))
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed.wrapping_add(stream.wrapping_mul(0xA076_1D64_78BD_642F)).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -226,25 +212,13 @@ const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 pub fn enlarge_socket_buffers(socket: &UdpSocket, bytes: usize) {
     #[cfg(all(
         target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
+        any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64", target_arch = "arm", target_arch = "riscv64")
     ))]
     {
         use std::os::fd::AsRawFd;
         use std::os::raw::{c_int, c_void};
         extern "C" {
-            fn setsockopt(
-                fd: c_int,
-                level: c_int,
-                name: c_int,
-                value: *const c_void,
-                len: u32,
-            ) -> c_int;
+            fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: u32) -> c_int;
         }
         const SOL_SOCKET: c_int = 1;
         const SO_SNDBUF: c_int = 7;
@@ -255,25 +229,13 @@ pub fn enlarge_socket_buffers(socket: &UdpSocket, bytes: usize) {
             // borrowed; the option value is a c_int that outlives the call,
             // and its size is passed. Failure is ignored (best effort).
             unsafe {
-                setsockopt(
-                    socket.as_raw_fd(),
-                    SOL_SOCKET,
-                    name,
-                    (&value as *const c_int).cast(),
-                    std::mem::size_of::<c_int>() as u32,
-                );
+                setsockopt(socket.as_raw_fd(), SOL_SOCKET, name, (&value as *const c_int).cast(), std::mem::size_of::<c_int>() as u32);
             }
         }
     }
     #[cfg(not(all(
         target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
+        any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64", target_arch = "arm", target_arch = "riscv64")
     )))]
     {
         let _ = (socket, bytes);
@@ -371,15 +333,7 @@ impl Counters {
         let overflowed = self.overflowed.load(Ordering::SeqCst);
         let send_failed = self.send_failed.load(Ordering::SeqCst);
         let queued = self.queued.load(Ordering::SeqCst);
-        DirectionStats {
-            received,
-            forwarded,
-            dropped,
-            reordered,
-            overflowed,
-            send_failed,
-            queued,
-        }
+        DirectionStats { received, forwarded, dropped, reordered, overflowed, send_failed, queued }
     }
 }
 
@@ -465,12 +419,7 @@ impl UdpShared {
         q.seq += 1;
         let seq = q.seq;
         let earliest = !matches!(q.heap.peek(), Some(top) if top.due <= due);
-        q.heap.push(Scheduled {
-            due,
-            seq,
-            dir,
-            payload,
-        });
+        q.heap.push(Scheduled { due, seq, dir, payload });
         drop(q);
         if earliest {
             self.wake.notify_one();
@@ -520,11 +469,7 @@ impl UdpRelay {
     ///
     /// # Errors
     /// Invalid impairment ([`Impairment::validate`]) or a socket error.
-    pub fn bind(
-        listen: SocketAddr,
-        upstream: SocketAddr,
-        impairment: Impairment,
-    ) -> io::Result<Self> {
+    pub fn bind(listen: SocketAddr, upstream: SocketAddr, impairment: Impairment) -> io::Result<Self> {
         Self::bind_with_queue_limit(listen, upstream, impairment, DEFAULT_UDP_QUEUE_LIMIT)
     }
 
@@ -535,12 +480,7 @@ impl UdpRelay {
     ///
     /// # Errors
     /// Invalid impairment ([`Impairment::validate`]) or a socket error.
-    pub fn bind_with_queue_limit(
-        listen: SocketAddr,
-        upstream: SocketAddr,
-        impairment: Impairment,
-        queue_limit: usize,
-    ) -> io::Result<Self> {
+    pub fn bind_with_queue_limit(listen: SocketAddr, upstream: SocketAddr, impairment: Impairment, queue_limit: usize) -> io::Result<Self> {
         impairment.validate()?;
         let front = UdpSocket::bind(listen)?;
         let back = UdpSocket::bind(unspecified_like(&upstream))?;
@@ -561,31 +501,15 @@ impl UdpRelay {
             ignored: AtomicU64::new(0),
             queue_limit,
         });
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
-                .name(format!("relay-udp-{name}"))
-                .spawn(f)
-        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| thread::Builder::new().name(format!("relay-udp-{name}")).spawn(f);
         // If a thread cannot be started, `relay` is dropped on return, which
         // stops those already running.
-        let mut relay = UdpRelay {
-            local,
-            shared: shared.clone(),
-            threads: Vec::new(),
-        };
+        let mut relay = UdpRelay { local, shared: shared.clone(), threads: Vec::new() };
         let (sh, f, b) = (shared.clone(), front.clone(), back.clone());
-        relay
-            .threads
-            .push(spawn("send", Box::new(move || udp_sender(&sh, &f, &b)))?);
+        relay.threads.push(spawn("send", Box::new(move || udp_sender(&sh, &f, &b)))?);
         let sh = shared.clone();
-        relay.threads.push(spawn(
-            "from-client",
-            Box::new(move || udp_receiver(&sh, &front, Dir::ToUpstream, &impairment)),
-        )?);
-        relay.threads.push(spawn(
-            "from-upstream",
-            Box::new(move || udp_receiver(&shared, &back, Dir::ToClient, &impairment)),
-        )?);
+        relay.threads.push(spawn("from-client", Box::new(move || udp_receiver(&sh, &front, Dir::ToUpstream, &impairment)))?);
+        relay.threads.push(spawn("from-upstream", Box::new(move || udp_receiver(&shared, &back, Dir::ToClient, &impairment)))?);
         Ok(relay)
     }
 
@@ -633,10 +557,7 @@ fn udp_receiver(shared: &UdpShared, socket: &UdpSocket, dir: Dir, imp: &Impairme
     while !shared.stop.load(Ordering::SeqCst) {
         // Wake up in time to release a held datagram.
         let wanted = match &held {
-            Some(h) => h
-                .deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_micros(100), POLL),
+            Some(h) => h.deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_micros(100), POLL),
             None => POLL,
         };
         if wanted != timeout && socket.set_read_timeout(Some(wanted)).is_ok() {
@@ -644,9 +565,7 @@ fn udp_receiver(shared: &UdpShared, socket: &UdpSocket, dir: Dir, imp: &Impairme
         }
         let received = match dir {
             Dir::ToUpstream => socket.recv_from(&mut buf),
-            Dir::ToClient => socket
-                .recv(&mut buf)
-                .map(|n| (n, SocketAddr::from(([0; 4], 0)))),
+            Dir::ToClient => socket.recv(&mut buf).map(|n| (n, SocketAddr::from(([0; 4], 0)))),
         };
         let now = Instant::now();
         if let Some(h) = held.take_if(|h| h.deadline <= now) {
@@ -684,11 +603,7 @@ fn udp_receiver(shared: &UdpShared, socket: &UdpSocket, dir: Dir, imp: &Impairme
             let _ = shared.schedule(dir, after, h.payload, true);
         } else if hold {
             counters.queued.fetch_add(1, Ordering::SeqCst);
-            held = Some(Held {
-                payload: buf[..n].to_vec(),
-                due,
-                deadline: due + imp.delay.max(Duration::from_millis(10)),
-            });
+            held = Some(Held { payload: buf[..n].to_vec(), due, deadline: due + imp.delay.max(Duration::from_millis(10)) });
         } else {
             let _ = shared.schedule(dir, due, buf[..n].to_vec(), false);
         }
@@ -714,11 +629,7 @@ fn udp_sender(shared: &UdpShared, front: &UdpSocket, back: &UdpSocket) {
                     Some(top) if top.due <= now => break now,
                     Some(top) => {
                         let wait = top.due - now;
-                        q = shared
-                            .wake
-                            .wait_timeout(q, wait)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
+                        q = shared.wake.wait_timeout(q, wait).unwrap_or_else(|e| e.into_inner()).0;
                     }
                 }
             };
@@ -802,11 +713,7 @@ struct Pipe {
 
 impl Pipe {
     fn new(limit: usize) -> Self {
-        Pipe {
-            state: Mutex::new(PipeState::default()),
-            cond: Condvar::new(),
-            limit,
-        }
+        Pipe { state: Mutex::new(PipeState::default()), cond: Condvar::new(), limit }
     }
 
     /// Queues `chunk`, waiting while the pipe is full; false if it closed.
@@ -857,11 +764,7 @@ impl Pipe {
             if now >= due {
                 return true;
             }
-            s = self
-                .cond
-                .wait_timeout(s, due - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            s = self.cond.wait_timeout(s, due - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -936,11 +839,7 @@ impl TcpRelay {
     ///
     /// # Errors
     /// Invalid impairment ([`Impairment::validate`]) or a socket error.
-    pub fn bind(
-        listen: SocketAddr,
-        upstream: SocketAddr,
-        impairment: Impairment,
-    ) -> io::Result<Self> {
+    pub fn bind(listen: SocketAddr, upstream: SocketAddr, impairment: Impairment) -> io::Result<Self> {
         Self::bind_with_buffer_limit(listen, upstream, impairment, DEFAULT_TCP_BUFFER_LIMIT)
     }
 
@@ -959,20 +858,12 @@ impl TcpRelay {
         impairment.validate()?;
         let listener = TcpListener::bind(listen)?;
         let local = listener.local_addr()?;
-        let shared = Arc::new(TcpShared {
-            stop: AtomicBool::new(false),
-            conns: Mutex::new(Vec::new()),
-            counters: TcpCounters::default(),
-        });
+        let shared = Arc::new(TcpShared { stop: AtomicBool::new(false), conns: Mutex::new(Vec::new()), counters: TcpCounters::default() });
         let sh = shared.clone();
         let acceptor = thread::Builder::new()
             .name("relay-tcp-accept".into())
             .spawn(move || tcp_acceptor(&sh, &listener, upstream, &impairment, buffer_limit))?;
-        Ok(TcpRelay {
-            local,
-            shared,
-            acceptor: Some(acceptor),
-        })
+        Ok(TcpRelay { local, shared, acceptor: Some(acceptor) })
     }
 
     /// The address clients should connect to.
@@ -1012,13 +903,7 @@ impl Drop for TcpRelay {
     }
 }
 
-fn tcp_acceptor(
-    shared: &Arc<TcpShared>,
-    listener: &TcpListener,
-    upstream: SocketAddr,
-    imp: &Impairment,
-    buffer_limit: usize,
-) {
+fn tcp_acceptor(shared: &Arc<TcpShared>, listener: &TcpListener, upstream: SocketAddr, imp: &Impairment, buffer_limit: usize) {
     let mut index = 0u64;
     for client in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
@@ -1051,10 +936,7 @@ fn start_conn(
     let conn = Arc::new(Conn {
         client: client.try_clone()?,
         upstream: upstream.try_clone()?,
-        pipes: [
-            Arc::new(Pipe::new(buffer_limit)),
-            Arc::new(Pipe::new(buffer_limit)),
-        ],
+        pipes: [Arc::new(Pipe::new(buffer_limit)), Arc::new(Pipe::new(buffer_limit))],
     });
     let mut conns = lock(&shared.conns);
     conns.retain(|c| !c.threads.iter().all(JoinHandle::is_finished));
@@ -1062,10 +944,7 @@ fn start_conn(
         conn.abort();
         return Ok(());
     }
-    let mut handle = ConnHandle {
-        conn: conn.clone(),
-        threads: Vec::new(),
-    };
+    let mut handle = ConnHandle { conn: conn.clone(), threads: Vec::new() };
     let result = spawn_directions(shared, &conn, client, upstream, imp, index, &mut handle);
     if result.is_err() {
         conn.abort();
@@ -1084,10 +963,7 @@ fn spawn_directions(
     index: u64,
     handle: &mut ConnHandle,
 ) -> io::Result<()> {
-    let directions = [
-        (Dir::ToUpstream, client, upstream.try_clone()?),
-        (Dir::ToClient, upstream, conn.client.try_clone()?),
-    ];
+    let directions = [(Dir::ToUpstream, client, upstream.try_clone()?), (Dir::ToClient, upstream, conn.client.try_clone()?)];
     for (dir, src, dst) in directions {
         let name = match dir {
             Dir::ToUpstream => "to-upstream",
@@ -1096,27 +972,17 @@ fn spawn_directions(
         let (c, pipe) = (conn.clone(), conn.pipes[dir as usize].clone());
         let mut rng = Rng::new(imp.seed, (index << 1) | dir as u64);
         let imp = *imp;
-        handle.threads.push(
-            thread::Builder::new()
-                .name(format!("relay-tcp-read-{name}"))
-                .spawn(move || tcp_read(&c, src, &pipe, &mut rng, &imp))?,
-        );
-        let (c, pipe, sh) = (
-            conn.clone(),
-            conn.pipes[dir as usize].clone(),
-            shared.clone(),
-        );
-        handle.threads.push(
-            thread::Builder::new()
-                .name(format!("relay-tcp-write-{name}"))
-                .spawn(move || {
-                    let delivered = match dir {
-                        Dir::ToUpstream => &sh.counters.bytes_to_upstream,
-                        Dir::ToClient => &sh.counters.bytes_to_client,
-                    };
-                    tcp_write(&c, dst, &pipe, delivered)
-                })?,
-        );
+        handle
+            .threads
+            .push(thread::Builder::new().name(format!("relay-tcp-read-{name}")).spawn(move || tcp_read(&c, src, &pipe, &mut rng, &imp))?);
+        let (c, pipe, sh) = (conn.clone(), conn.pipes[dir as usize].clone(), shared.clone());
+        handle.threads.push(thread::Builder::new().name(format!("relay-tcp-write-{name}")).spawn(move || {
+            let delivered = match dir {
+                Dir::ToUpstream => &sh.counters.bytes_to_upstream,
+                Dir::ToClient => &sh.counters.bytes_to_client,
+            };
+            tcp_write(&c, dst, &pipe, delivered)
+        })?);
     }
     Ok(())
 }

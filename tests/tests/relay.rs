@@ -47,12 +47,7 @@ impl UdpEcho {
                 }
             }
         });
-        UdpEcho {
-            addr,
-            echoed,
-            stop,
-            thread: Some(thread),
-        }
+        UdpEcho { addr, echoed, stop, thread: Some(thread) }
     }
 }
 
@@ -83,9 +78,7 @@ fn udp_round_trip_takes_the_added_rtt() {
     let mut buf = [0u8; 64];
     for i in 0..5u32 {
         let t = Instant::now();
-        client
-            .send_to(&seq_datagram(i, 16), relay.local_addr())
-            .unwrap();
+        client.send_to(&seq_datagram(i, 16), relay.local_addr()).unwrap();
         let (n, from) = client.recv_from(&mut buf).expect("echo through the relay");
         let rtt = t.elapsed();
         assert_eq!(from, relay.local_addr(), "replies come from the relay");
@@ -118,10 +111,7 @@ fn settle_echo(relay: &UdpRelay, echo: &UdpEcho, client: &UdpSocket, sent: u64) 
         {
             return (s, arrived);
         }
-        assert!(
-            Instant::now() < deadline,
-            "never settled: {s:?}, echoed {echoed}, arrived {arrived}"
-        );
+        assert!(Instant::now() < deadline, "never settled: {s:?}, echoed {echoed}, arrived {arrived}");
         // The read timeout only paces the checks.
         if client.recv_from(&mut buf).is_ok() {
             arrived += 1;
@@ -136,23 +126,15 @@ fn udp_loss_drops_about_the_requested_share_each_way_and_stats_agree() {
     let relay = UdpRelay::start(echo.addr, imp).unwrap();
     let client = udp_socket(5 * MS);
     for i in 0..1000 {
-        client
-            .send_to(&seq_datagram(i, 32), relay.local_addr())
-            .unwrap();
+        client.send_to(&seq_datagram(i, 32), relay.local_addr()).unwrap();
     }
     let (s, arrived) = settle_echo(&relay, &echo, &client, 1000);
     let up = s.to_upstream;
     let down = s.to_client;
-    assert!(
-        (400..=600).contains(&up.dropped),
-        "dropped on the way up: {s:?}"
-    );
+    assert!((400..=600).contains(&up.dropped), "dropped on the way up: {s:?}");
     assert_eq!(up.forwarded + up.dropped, 1000, "{s:?}");
     let share = down.dropped as f64 / down.received as f64;
-    assert!(
-        (0.35..=0.65).contains(&share),
-        "dropped on the way down: {s:?}"
-    );
+    assert!((0.35..=0.65).contains(&share), "dropped on the way down: {s:?}");
     assert_eq!(down.forwarded + down.dropped, down.received, "{s:?}");
     assert_eq!(arrived, down.forwarded);
     assert_eq!((up.overflowed, down.overflowed), (0, 0));
@@ -168,9 +150,7 @@ fn one_way(imp: Impairment, n: u32, len: usize) -> (Vec<u32>, UdpStats, Duration
     let client = udp_socket(BOUND);
     let t = Instant::now();
     for i in 0..n {
-        client
-            .send_to(&seq_datagram(i, len), relay.local_addr())
-            .unwrap();
+        client.send_to(&seq_datagram(i, len), relay.local_addr()).unwrap();
     }
     // Everything the relay keeps is eventually forwarded or dropped.
     let deadline = Instant::now() + BOUND;
@@ -178,10 +158,7 @@ fn one_way(imp: Impairment, n: u32, len: usize) -> (Vec<u32>, UdpStats, Duration
     let mut order = Vec::new();
     loop {
         let s = relay.stats();
-        if s.to_upstream.received == u64::from(n)
-            && s.to_upstream.settled()
-            && order.len() as u64 == s.to_upstream.forwarded
-        {
+        if s.to_upstream.received == u64::from(n) && s.to_upstream.settled() && order.len() as u64 == s.to_upstream.forwarded {
             return (order, s, t.elapsed());
         }
         assert!(Instant::now() < deadline, "never settled: {s:?}");
@@ -234,17 +211,10 @@ fn udp_reorder_sends_held_datagrams_after_the_next_one() {
 fn udp_delay_does_not_limit_throughput() {
     let delay = 25 * MS;
     let (order, s, elapsed) = one_way(Impairment::delay(delay), 2000, 1200);
-    assert_eq!(
-        order,
-        (0..2000).collect::<Vec<_>>(),
-        "all arrive, in order: {s:?}"
-    );
+    assert_eq!(order, (0..2000).collect::<Vec<_>>(), "all arrive, in order: {s:?}");
     assert!(elapsed >= delay);
     // One at a time this would take 2000 × 25 ms = 50 s.
-    assert!(
-        elapsed < 100 * delay,
-        "2000 datagrams took {elapsed:?}: delay limits throughput"
-    );
+    assert!(elapsed < 100 * delay, "2000 datagrams took {elapsed:?}: delay limits throughput");
 }
 
 #[test]
@@ -257,9 +227,7 @@ fn udp_jitter_spreads_delays_within_bounds() {
     let mut rtts = Vec::new();
     for i in 0..20 {
         let t = Instant::now();
-        client
-            .send_to(&seq_datagram(i, 8), relay.local_addr())
-            .unwrap();
+        client.send_to(&seq_datagram(i, 8), relay.local_addr()).unwrap();
         client.recv_from(&mut buf).expect("echo");
         rtts.push(t.elapsed());
     }
@@ -301,9 +269,7 @@ fn udp_queue_limit_drops_and_counts() {
     .unwrap();
     let client = udp_socket(BOUND);
     for i in 0..30 {
-        client
-            .send_to(&seq_datagram(i, 1000), relay.local_addr())
-            .unwrap();
+        client.send_to(&seq_datagram(i, 1000), relay.local_addr()).unwrap();
     }
     let deadline = Instant::now() + BOUND;
     while relay.stats().to_upstream.received < 30 {
@@ -328,11 +294,7 @@ fn udp_relay_stops_and_frees_its_port_when_dropped() {
     client.recv_from(&mut [0u8; 8]).unwrap();
     let t = Instant::now();
     drop(relay);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "drop took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
     // The threads are gone with the sockets they held.
     UdpSocket::bind(addr).expect("the relay's port is free again");
 }
@@ -407,10 +369,7 @@ fn tcp_round_trip_takes_twice_the_delay() {
 
 #[test]
 fn tcp_bytes_arrive_intact_and_in_order_despite_jitter() {
-    let imp = Impairment::delay(5 * MS)
-        .with_jitter(5 * MS)
-        .with_loss(0.5)
-        .with_reorder(0.5);
+    let imp = Impairment::delay(5 * MS).with_jitter(5 * MS).with_loss(0.5).with_reorder(0.5);
     let relay = TcpRelay::start(tcp_echo(), imp).unwrap();
     let s = tcp_connect(relay.local_addr());
     let data: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 + i / 253) as u8).collect();
@@ -424,8 +383,7 @@ fn tcp_bytes_arrive_intact_and_in_order_despite_jitter() {
         writer.shutdown(std::net::Shutdown::Write).unwrap();
     });
     let mut back = Vec::new();
-    (&s).read_to_end(&mut back)
-        .expect("echo ends after our end");
+    (&s).read_to_end(&mut back).expect("echo ends after our end");
     w.join().unwrap();
     assert_eq!(back.len(), data.len());
     assert!(back == data, "bytes came back changed or out of order");
@@ -445,11 +403,7 @@ fn tcp_relay_serves_several_connections_and_closes_them_when_dropped() {
     }
     let t = Instant::now();
     drop(relay);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "drop took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
     for c in &mut conns {
         let mut buf = [0u8; 1];
         match c.read(&mut buf) {
@@ -467,11 +421,7 @@ fn tcp_relay_drop_is_quick_with_bytes_in_flight() {
     s.write_all(&[1u8; 100_000]).unwrap();
     let t = Instant::now();
     drop(relay);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "drop took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
     let mut buf = [0u8; 1];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
 }
@@ -479,10 +429,7 @@ fn tcp_relay_drop_is_quick_with_bytes_in_flight() {
 #[test]
 fn tcp_relay_closes_clients_when_upstream_is_unreachable() {
     // A port nothing listens on.
-    let gone = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let gone = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let relay = TcpRelay::start(gone, Impairment::none()).unwrap();
     let mut s = tcp_connect(relay.local_addr());
     let mut buf = [0u8; 1];
@@ -500,9 +447,7 @@ fn spawn_binary(args: &[&str]) -> (std::process::Child, SocketAddr) {
         .spawn()
         .expect("farcall-relay starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("farcall-relay listening on ")
@@ -531,16 +476,7 @@ fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
 fn binary_relays_udp_until_stdin_closes() {
     let echo = UdpEcho::start();
     let upstream = echo.addr.to_string();
-    let (mut child, addr) = spawn_binary(&[
-        "udp",
-        "--upstream",
-        &upstream,
-        "--delay-ms",
-        "10",
-        "--seed",
-        "9",
-        "--exit-on-stdin-eof",
-    ]);
+    let (mut child, addr) = spawn_binary(&["udp", "--upstream", &upstream, "--delay-ms", "10", "--seed", "9", "--exit-on-stdin-eof"]);
     let client = udp_socket(BOUND);
     let t = Instant::now();
     client.send_to(b"ping", addr).unwrap();
@@ -552,12 +488,7 @@ fn binary_relays_udp_until_stdin_closes() {
     let status = wait_bounded(&mut child);
     assert!(status.success());
     let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(stderr.contains("forwarded: 1"), "{stderr}");
 }
 
@@ -592,15 +523,8 @@ fn binary_rejects_bad_arguments() {
         &["udp", "--upstream", "127.0.0.1:1", "--jitter-ms", "1e300"],
         &["udp", "--upstream", "127.0.0.1:1", "--seed"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_farcall-relay"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_farcall-relay")).args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("usage"),
-            "{args:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage"), "{args:?}");
     }
 }

@@ -33,60 +33,29 @@ fn report(name: &str, ns: f64) {
 }
 
 fn bench(label: &str, s: &dyn EvalSession) {
-    let math = reference(
-        s.evaluate(Request::GetModule {
-            name: "math".into(),
-        })
-        .unwrap(),
-    );
-    let os = reference(
-        s.evaluate(Request::GetModule { name: "os".into() })
-            .unwrap(),
-    );
-    let builtins = reference(
-        s.evaluate(Request::GetModule {
-            name: "builtins".into(),
-        })
-        .unwrap(),
-    );
-    let pow = Target {
-        id: math,
-        path: vec!["pow".into()],
-    };
+    let math = reference(s.evaluate(Request::GetModule { name: "math".into() }).unwrap());
+    let os = reference(s.evaluate(Request::GetModule { name: "os".into() }).unwrap());
+    let builtins = reference(s.evaluate(Request::GetModule { name: "builtins".into() }).unwrap());
+    let pow = Target { id: math, path: vec!["pow".into()] };
     println!("-- {label}");
     report(
         "Call math.pow(3, 2)",
         median_ns(51, 20_000, || {
-            let r = s.evaluate(Request::Call {
-                target: pow.clone(),
-                args: vec![Value::Int(3), Value::Int(2)],
-                kwargs: vec![],
-            });
+            let r = s.evaluate(Request::Call { target: pow.clone(), args: vec![Value::Int(3), Value::Int(2)], kwargs: vec![] });
             assert_eq!(r, Ok(Value::Float(9.0)));
         }),
     );
     report(
         "GetModule math (reference + 60 attr hints)",
         median_ns(51, 5_000, || {
-            let id = reference(
-                s.evaluate(Request::GetModule {
-                    name: "math".into(),
-                })
-                .unwrap(),
-            );
+            let id = reference(s.evaluate(Request::GetModule { name: "math".into() }).unwrap());
             s.release(&[Release { id, count: 1 }]);
         }),
     );
     report(
         "GetAttr os.path.sep",
         median_ns(51, 20_000, || {
-            let r = s.evaluate(Request::GetAttr {
-                target: Target {
-                    id: os,
-                    path: vec!["path".into()],
-                },
-                name: "sep".into(),
-            });
+            let r = s.evaluate(Request::GetAttr { target: Target { id: os, path: vec!["path".into()] }, name: "sep".into() });
             assert_eq!(r, Ok(Value::Str("/".into())));
         }),
     );
@@ -94,15 +63,8 @@ fn bench(label: &str, s: &dyn EvalSession) {
         "Call list() + release",
         median_ns(51, 20_000, || {
             let id = reference(
-                s.evaluate(Request::Call {
-                    target: Target {
-                        id: builtins,
-                        path: vec!["list".into()],
-                    },
-                    args: vec![],
-                    kwargs: vec![],
-                })
-                .unwrap(),
+                s.evaluate(Request::Call { target: Target { id: builtins, path: vec!["list".into()] }, args: vec![], kwargs: vec![] })
+                    .unwrap(),
             );
             s.release(&[Release { id, count: 1 }]);
         }),
@@ -112,10 +74,7 @@ fn bench(label: &str, s: &dyn EvalSession) {
         "Call bytes(10 MB) (copy in, share out)",
         median_ns(11, 20, || {
             let r = s.evaluate(Request::Call {
-                target: Target {
-                    id: builtins,
-                    path: vec!["bytes".into()],
-                },
+                target: Target { id: builtins, path: vec!["bytes".into()] },
                 args: vec![big.clone()],
                 kwargs: vec![],
             });

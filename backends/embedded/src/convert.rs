@@ -12,10 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 use farcall_core::{LazyAttr, LazyKind, RemoteException, Value};
 use pyo3::prelude::*;
-use pyo3::types::{
-    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyModule, PyString,
-    PyTuple, PyType,
-};
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PyModule, PyString, PyTuple, PyType};
 use pyo3::{intern, PyErr};
 
 /// Deepest nesting of tuples and frozensets sent by value; deeper ones travel
@@ -72,13 +69,8 @@ impl Helpers {
         let eval = |code: &std::ffi::CStr| py.eval(code, Some(&ints), None).map(Bound::unbind);
         Ok(Helpers {
             import_module: py.import("importlib")?.getattr("import_module")?.unbind(),
-            format_exception: py
-                .import("traceback")?
-                .getattr("format_exception")?
-                .unbind(),
-            int_to_bytes: eval(
-                c"lambda x: x.to_bytes((x.bit_length() + 8) // 8, 'little', signed=True)",
-            )?,
+            format_exception: py.import("traceback")?.getattr("format_exception")?.unbind(),
+            int_to_bytes: eval(c"lambda x: x.to_bytes((x.bit_length() + 8) // 8, 'little', signed=True)")?,
             int_from_bytes: eval(c"lambda b: int.from_bytes(b, 'little', signed=True)")?,
             module_attrs: Mutex::new(HashMap::new()),
         })
@@ -90,9 +82,7 @@ impl Helpers {
         let key = PyString::new(py, name);
         // SAFETY: `key` is a valid str; `PyImport_GetModule` returns a new
         // reference, or NULL with or without an exception set.
-        let found = unsafe {
-            Bound::from_owned_ptr_or_opt(py, pyo3::ffi::PyImport_GetModule(key.as_ptr()))
-        };
+        let found = unsafe { Bound::from_owned_ptr_or_opt(py, pyo3::ffi::PyImport_GetModule(key.as_ptr())) };
         match found {
             Some(m) if !m.is_none() => Ok(m),
             _ => {
@@ -104,14 +94,8 @@ impl Helpers {
     }
 
     /// A Python `int` from little-endian two's complement bytes.
-    pub(crate) fn int_from_bytes<'py>(
-        &self,
-        py: Python<'py>,
-        bytes: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.int_from_bytes
-            .bind(py)
-            .call1((PyBytes::new(py, bytes),))
+    pub(crate) fn int_from_bytes<'py>(&self, py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        self.int_from_bytes.bind(py).call1((PyBytes::new(py, bytes),))
     }
 
     /// The value of an exact `int`, `float`, `str`, ... (not a container);
@@ -154,15 +138,9 @@ impl Helpers {
             return None;
         }
         if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            t.iter()
-                .map(|item| self.plain(&item, depth + 1))
-                .collect::<Option<Vec<_>>>()
-                .map(Value::Tuple)
+            t.iter().map(|item| self.plain(&item, depth + 1)).collect::<Option<Vec<_>>>().map(Value::Tuple)
         } else if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-            s.iter()
-                .map(|item| self.plain(&item, depth + 1))
-                .collect::<Option<Vec<_>>>()
-                .map(Value::FrozenSet)
+            s.iter().map(|item| self.plain(&item, depth + 1)).collect::<Option<Vec<_>>>().map(Value::FrozenSet)
         } else {
             None
         }
@@ -174,15 +152,9 @@ impl Helpers {
     pub(crate) fn module_attrs(&self, module: &Bound<'_, PyModule>) -> Vec<LazyAttr> {
         let dict = module.dict();
         let dict_len = dict.len();
-        let name = module
-            .name()
-            .ok()
-            .and_then(|n| n.to_str().ok().map(str::to_owned));
+        let name = module.name().ok().and_then(|n| n.to_str().ok().map(str::to_owned));
         if let Some(name) = &name {
-            let cache = self
-                .module_attrs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let cache = self.module_attrs.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = cache.get(name) {
                 if c.module.is(module) && c.dict_len == dict_len {
                     return c.attrs.clone();
@@ -191,18 +163,10 @@ impl Helpers {
         }
         let attrs = describe_namespace(&dict);
         if let Some(name) = name {
-            let entry = CachedAttrs {
-                module: module.clone().into_any().unbind(),
-                dict_len,
-                attrs: attrs.clone(),
-            };
+            let entry = CachedAttrs { module: module.clone().into_any().unbind(), dict_len, attrs: attrs.clone() };
             // The replaced entry (another module object of that name) is
             // dropped here, after the lock is released, while attached.
-            let _replaced = self
-                .module_attrs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(name, entry);
+            let _replaced = self.module_attrs.lock().unwrap_or_else(PoisonError::into_inner).insert(name, entry);
         }
         attrs
     }
@@ -211,14 +175,8 @@ impl Helpers {
     pub(crate) fn describe(&self, py: Python<'_>, err: PyErr) -> RemoteException {
         let value = err.value(py);
         let ty = value.get_type();
-        let type_module = ty
-            .module()
-            .map(|m| m.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "builtins".to_owned());
-        let type_name = ty
-            .qualname()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "BaseException".to_owned());
+        let type_module = ty.module().map(|m| m.to_string_lossy().into_owned()).unwrap_or_else(|_| "builtins".to_owned());
+        let type_name = ty.qualname().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| "BaseException".to_owned());
         let args = value
             .getattr(intern!(py, "args"))
             .ok()
@@ -226,21 +184,13 @@ impl Helpers {
             .map(|args| {
                 args.iter()
                     .map(|a| {
-                        self.plain(&a, 0).unwrap_or_else(|| {
-                            Value::Str(
-                                a.repr()
-                                    .map(|r| r.to_string_lossy().into_owned())
-                                    .unwrap_or_default(),
-                            )
-                        })
+                        self.plain(&a, 0)
+                            .unwrap_or_else(|| Value::Str(a.repr().map(|r| r.to_string_lossy().into_owned()).unwrap_or_default()))
                     })
                     .collect()
             })
             .unwrap_or_default();
-        let message = value
-            .str()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| format!("<unprintable {type_name} object>"));
+        let message = value.str().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("<unprintable {type_name} object>"));
         let frames = err.traceback(py);
         let mut traceback = self
             .format_exception
@@ -252,15 +202,12 @@ impl Helpers {
         if frames.is_none() {
             // Raised by C code the server called directly: there is no Python
             // frame, but the reader still deserves to see where it came from.
-            traceback.insert_str(0, "Traceback (most recent call last):\n  [farcall server] raised by C code called directly (no Python frames)\n");
+            traceback.insert_str(
+                0,
+                "Traceback (most recent call last):\n  [farcall server] raised by C code called directly (no Python frames)\n",
+            );
         }
-        RemoteException {
-            type_module,
-            type_name,
-            args,
-            message,
-            traceback,
-        }
+        RemoteException { type_module, type_name, args, message, traceback }
     }
 }
 
@@ -274,11 +221,7 @@ fn describe_namespace(dict: &Bound<'_, PyDict>) -> Vec<LazyAttr> {
         let Ok((name, value)) = item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>() else {
             continue;
         };
-        let Some(name) = name
-            .cast::<PyString>()
-            .ok()
-            .and_then(|n| n.to_str().ok().map(str::to_owned))
-        else {
+        let Some(name) = name.cast::<PyString>().ok().and_then(|n| n.to_str().ok().map(str::to_owned)) else {
             continue;
         };
         let kind = if let Ok(m) = value.cast::<PyModule>() {
@@ -328,9 +271,5 @@ fn bytes_value(b: &Bound<'_, PyBytes>) -> Bytes {
     if data.len() < ZERO_COPY_MIN {
         return Bytes::copy_from_slice(data);
     }
-    Bytes::from_owner(PyBytesOwner {
-        data: data.as_ptr(),
-        len: data.len(),
-        _object: b.clone().unbind(),
-    })
+    Bytes::from_owner(PyBytesOwner { data: data.as_ptr(), len: data.len(), _object: b.clone().unbind() })
 }

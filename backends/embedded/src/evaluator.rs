@@ -23,9 +23,7 @@ pub struct EmbeddedEvaluator {
 
 impl std::fmt::Debug for EmbeddedEvaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedEvaluator")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedEvaluator").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -50,26 +48,15 @@ impl EmbeddedEvaluator {
             let helpers = Helpers::new(py)?;
             let info = BackendInfo {
                 name: "embedded".into(),
-                python_version: py
-                    .import("platform")?
-                    .getattr("python_version")?
-                    .call0()?
-                    .extract()?,
+                python_version: py.import("platform")?.getattr("python_version")?.call0()?.extract()?,
                 python_prefix: py.import("sys")?.getattr("prefix")?.extract()?,
                 python_executable: BUILD_PYTHON.into(),
             };
             Ok((info, helpers))
         })
-        .map_err(|e| {
-            EvalError::Startup(format!(
-                "the embedded Python cannot load its standard modules: {e}"
-            ))
-        })?;
+        .map_err(|e| EvalError::Startup(format!("the embedded Python cannot load its standard modules: {e}")))?;
         tracing::debug!(version = %info.python_version, prefix = %info.python_prefix, "embedded Python ready");
-        Ok(EmbeddedEvaluator {
-            info,
-            helpers: Arc::new(helpers),
-        })
+        Ok(EmbeddedEvaluator { info, helpers: Arc::new(helpers) })
     }
 
     /// Opens a session directly, as [`Evaluator::open`] does, without boxing it.

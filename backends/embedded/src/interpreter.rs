@@ -30,11 +30,7 @@ fn initialize() -> Result<(), String> {
         return Ok(());
     }
     let program = if Path::new(BUILD_PYTHON).is_file() {
-        Some(
-            CString::new(BUILD_PYTHON).map_err(|_| {
-                format!("the build's Python path {BUILD_PYTHON:?} contains a NUL byte")
-            })?,
-        )
+        Some(CString::new(BUILD_PYTHON).map_err(|_| format!("the build's Python path {BUILD_PYTHON:?} contains a NUL byte"))?)
     } else {
         tracing::warn!(
             python = BUILD_PYTHON,
@@ -58,26 +54,16 @@ fn initialize() -> Result<(), String> {
         if let Some(program) = &program {
             // The program name makes the interpreter compute `sys.prefix` (and
             // find a venv's `pyvenv.cfg`) exactly as the build's Python does.
-            let status = ffi::PyConfig_SetBytesString(
-                cfg,
-                ptr::addr_of_mut!((*cfg).program_name),
-                program.as_ptr(),
-            );
+            let status = ffi::PyConfig_SetBytesString(cfg, ptr::addr_of_mut!((*cfg).program_name), program.as_ptr());
             if ffi::PyStatus_Exception(status) != 0 {
                 ffi::PyConfig_Clear(cfg);
-                return Err(format!(
-                    "could not set the program name: {}",
-                    status_message(&status)
-                ));
+                return Err(format!("could not set the program name: {}", status_message(&status)));
             }
         }
         let status = ffi::Py_InitializeFromConfig(cfg);
         ffi::PyConfig_Clear(cfg);
         if ffi::PyStatus_Exception(status) != 0 {
-            return Err(format!(
-                "could not initialise the embedded Python: {}",
-                status_message(&status)
-            ));
+            return Err(format!("could not initialise the embedded Python: {}", status_message(&status)));
         }
     }
     // Initialisation left this thread attached, as the interpreter's main thread.
@@ -118,10 +104,7 @@ fn status_message(status: &ffi::PyStatus) -> String {
     };
     match (text(status.func), text(status.err_msg)) {
         _ if status._type == ffi::_PyStatus_TYPE::_PyStatus_TYPE_EXIT => {
-            format!(
-                "the interpreter asked to exit with code {}",
-                status.exitcode
-            )
+            format!("the interpreter asked to exit with code {}", status.exitcode)
         }
         (Some(func), Some(msg)) => format!("{func}: {msg}"),
         (None, Some(msg)) => msg,
@@ -161,9 +144,7 @@ impl KeptThreadState {
             }
             let gil = ffi::PyGILState_Ensure();
             let thread_state = ffi::PyEval_SaveThread();
-            KeptThreadState {
-                kept: Some((gil, thread_state)),
-            }
+            KeptThreadState { kept: Some((gil, thread_state)) }
         }
     }
 }

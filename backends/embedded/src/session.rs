@@ -3,15 +3,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use farcall_core::{
-    flags, EvalSession, ExportTable, RefDesc, RefId, Release, RemoteException, Request, Target,
-    Value,
-};
+use farcall_core::{flags, EvalSession, ExportTable, RefDesc, RefId, Release, RemoteException, Request, Target, Value};
 use pyo3::prelude::*;
-use pyo3::types::{
-    PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyModule, PyString, PyTuple,
-    PyType,
-};
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyModule, PyString, PyTuple, PyType};
 
 use crate::convert::{Failure, Helpers, MAX_DEPTH, MAX_INPUT_DEPTH};
 use crate::interpreter;
@@ -52,11 +46,7 @@ impl std::fmt::Debug for EmbeddedSession {
 
 impl EmbeddedSession {
     pub(crate) fn new(id: u64, helpers: Arc<Helpers>) -> Self {
-        EmbeddedSession {
-            id,
-            helpers,
-            table: Mutex::new(ExportTable::new()),
-        }
+        EmbeddedSession { id, helpers, table: Mutex::new(ExportTable::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, ObjectTable> {
@@ -89,14 +79,8 @@ impl EmbeddedSession {
     fn run(&self, py: Python<'_>, request: Request) -> Result<Value, Failure> {
         Ok(match request {
             Request::GetModule { name } => self.to_value(&self.helpers.import(py, &name)?, 0),
-            Request::GetAttr { target, name } => {
-                self.to_value(&self.resolve(py, &target)?.getattr(name.as_str())?, 0)
-            }
-            Request::SetAttr {
-                target,
-                name,
-                value,
-            } => {
+            Request::GetAttr { target, name } => self.to_value(&self.resolve(py, &target)?.getattr(name.as_str())?, 0),
+            Request::SetAttr { target, name, value } => {
                 let object = self.resolve(py, &target)?;
                 object.setattr(name.as_str(), self.to_python(py, value, 0)?)?;
                 Value::None
@@ -105,16 +89,9 @@ impl EmbeddedSession {
                 self.resolve(py, &target)?.delattr(name.as_str())?;
                 Value::None
             }
-            Request::Call {
-                target,
-                args,
-                kwargs,
-            } => {
+            Request::Call { target, args, kwargs } => {
                 let function = self.resolve(py, &target)?;
-                let args = args
-                    .into_iter()
-                    .map(|a| self.to_python(py, a, 0))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let args = args.into_iter().map(|a| self.to_python(py, a, 0)).collect::<Result<Vec<_>, _>>()?;
                 let args = PyTuple::new(py, args)?;
                 let result = if kwargs.is_empty() {
                     function.call(args, None)?
@@ -127,18 +104,8 @@ impl EmbeddedSession {
                 };
                 self.to_value(&result, 0)
             }
-            Request::Repr { target } => Value::Str(
-                self.resolve(py, &target)?
-                    .repr()?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            Request::Str { target } => Value::Str(
-                self.resolve(py, &target)?
-                    .str()?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+            Request::Repr { target } => Value::Str(self.resolve(py, &target)?.repr()?.to_string_lossy().into_owned()),
+            Request::Str { target } => Value::Str(self.resolve(py, &target)?.str()?.to_string_lossy().into_owned()),
             Request::Stats => self.stats(),
         })
     }
@@ -153,11 +120,7 @@ impl EmbeddedSession {
     }
 
     /// The table's entry `id` (a new reference, taken under the lock).
-    fn lookup<'py>(
-        &self,
-        py: Python<'py>,
-        id: RefId,
-    ) -> Result<Bound<'py, PyAny>, RemoteException> {
+    fn lookup<'py>(&self, py: Python<'py>, id: RefId) -> Result<Bound<'py, PyAny>, RemoteException> {
         let table = self.lock();
         match table.get(id) {
             Some(object) => Ok(object.clone_ref(py).into_bound(py)),
@@ -176,11 +139,7 @@ impl EmbeddedSession {
         }
         if depth < MAX_DEPTH {
             if let Ok(t) = object.cast_exact::<PyTuple>() {
-                return Value::Tuple(
-                    t.iter()
-                        .map(|item| self.to_value(&item, depth + 1))
-                        .collect(),
-                );
+                return Value::Tuple(t.iter().map(|item| self.to_value(&item, depth + 1)).collect());
             }
             if object.is_exact_instance_of::<PyFrozenSet>() {
                 if let Some(v) = self.helpers.plain(object, depth) {
@@ -196,12 +155,8 @@ impl EmbeddedSession {
         let ty = object.get_type();
         let type_name = format!(
             "{}.{}",
-            ty.module()
-                .map(|m| m.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "builtins".into()),
-            ty.qualname()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "?".into()),
+            ty.module().map(|m| m.to_string_lossy().into_owned()).unwrap_or_else(|_| "builtins".into()),
+            ty.qualname().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into()),
         );
         let mut bits = 0;
         let mut attrs = Vec::new();
@@ -216,29 +171,14 @@ impl EmbeddedSession {
             bits |= flags::CLASS;
         }
         // Only an incref happens under the lock: no Python code runs there.
-        let id = self
-            .lock()
-            .export(object.as_ptr() as usize, || object.clone().unbind());
-        RefDesc {
-            id,
-            type_name,
-            flags: bits,
-            attrs,
-        }
+        let id = self.lock().export(object.as_ptr() as usize, || object.clone().unbind());
+        RefDesc { id, type_name, flags: bits, attrs }
     }
 
     /// A wire value as a Python object.
-    fn to_python<'py>(
-        &self,
-        py: Python<'py>,
-        value: Value,
-        depth: usize,
-    ) -> Result<Bound<'py, PyAny>, Failure> {
+    fn to_python<'py>(&self, py: Python<'py>, value: Value, depth: usize) -> Result<Bound<'py, PyAny>, Failure> {
         if depth >= MAX_INPUT_DEPTH {
-            return Err(RemoteException::protocol(format!(
-                "values nested deeper than {MAX_INPUT_DEPTH} levels"
-            ))
-            .into());
+            return Err(RemoteException::protocol(format!("values nested deeper than {MAX_INPUT_DEPTH} levels")).into());
         }
         Ok(match value {
             Value::None => py.None().into_bound(py),
@@ -250,25 +190,19 @@ impl EmbeddedSession {
             Value::Str(s) => PyString::new(py, &s).into_any(),
             Value::Bytes(b) => PyBytes::new(py, &b).into_any(),
             Value::Tuple(items) => {
-                let items = items
-                    .into_iter()
-                    .map(|v| self.to_python(py, v, depth + 1))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let items = items.into_iter().map(|v| self.to_python(py, v, depth + 1)).collect::<Result<Vec<_>, _>>()?;
                 PyTuple::new(py, items)?.into_any()
             }
             Value::FrozenSet(items) => {
-                let items = items
-                    .into_iter()
-                    .map(|v| self.to_python(py, v, depth + 1))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let items = items.into_iter().map(|v| self.to_python(py, v, depth + 1)).collect::<Result<Vec<_>, _>>()?;
                 PyFrozenSet::new(py, items)?.into_any()
             }
             Value::ReceiverObject(target) => self.resolve(py, &target)?,
             Value::SenderObject(desc) => {
                 return Err(RemoteException::protocol(format!(
-                "passing local objects by reference is not supported yet (got a reference to a {})",
-                desc.type_name
-            ))
+                    "passing local objects by reference is not supported yet (got a reference to a {})",
+                    desc.type_name
+                ))
                 .into())
             }
         })
@@ -285,20 +219,14 @@ impl EvalSession for EmbeddedSession {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(session = self.id, op, panic = %what, "the embedded evaluator panicked");
-            Err(RemoteException::new(
-                "farcall",
-                "InternalError",
-                format!("the server's evaluator failed on {op}: {what}"),
-            ))
+            Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
         })
     }
 
     fn release(&self, refs: &[Release]) {
         let dropped: Vec<Py<PyAny>> = {
             let mut table = self.lock();
-            refs.iter()
-                .filter_map(|r| table.release(r.id, r.count))
-                .collect()
+            refs.iter().filter_map(|r| table.release(r.id, r.count)).collect()
         };
         drop_attached(dropped);
     }
@@ -306,16 +234,8 @@ impl EvalSession for EmbeddedSession {
 
 impl Drop for EmbeddedSession {
     fn drop(&mut self) {
-        let objects = self
-            .table
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain();
-        tracing::debug!(
-            session = self.id,
-            objects = objects.len(),
-            "embedded session closed"
-        );
+        let objects = self.table.get_mut().unwrap_or_else(PoisonError::into_inner).drain();
+        tracing::debug!(session = self.id, objects = objects.len(), "embedded session closed");
         drop_attached(objects);
     }
 }

@@ -68,10 +68,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 .ok_or_else(|| bad("a number of milliseconds from 0 to 3600000"))
         };
         let probability = |v: &str| -> Result<f64, String> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|p| (0.0..=1.0).contains(p))
-                .ok_or_else(|| bad("a probability between 0 and 1"))
+            v.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p)).ok_or_else(|| bad("a probability between 0 and 1"))
         };
         match flag.as_str() {
             "--upstream" => upstream = Some(resolve(&value).map_err(|e| bad(&e))?),
@@ -84,20 +81,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             _ => return Err(format!("unknown option {flag}")),
         }
     }
-    Ok(Args {
-        udp,
-        upstream: upstream.ok_or("--upstream HOST:PORT is required")?,
-        listen,
-        impairment: imp,
-        exit_on_stdin_eof,
-    })
+    Ok(Args { udp, upstream: upstream.ok_or("--upstream HOST:PORT is required")?, listen, impairment: imp, exit_on_stdin_eof })
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    addr.to_socket_addrs()
-        .map_err(|e| format!("HOST:PORT ({e})"))?
-        .next()
-        .ok_or_else(|| "HOST:PORT (no address found)".to_string())
+    addr.to_socket_addrs().map_err(|e| format!("HOST:PORT ({e})"))?.next().ok_or_else(|| "HOST:PORT (no address found)".to_string())
 }
 
 enum Relay {
@@ -134,10 +122,7 @@ fn main() -> ExitCode {
         Relay::Tcp(r) => r.local_addr(),
     };
     let mut out = std::io::stdout().lock();
-    if writeln!(out, "farcall-relay listening on {local}")
-        .and_then(|()| out.flush())
-        .is_err()
-    {
+    if writeln!(out, "farcall-relay listening on {local}").and_then(|()| out.flush()).is_err() {
         return ExitCode::FAILURE;
     }
     drop(out);

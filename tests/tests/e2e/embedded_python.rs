@@ -5,65 +5,43 @@
 use std::process::Command;
 
 use farcall_client::{Client, ClientError, Remote, RemoteObject};
-use farcall_tests::{embedded, TestServer};
+use farcall_tests::{embedded, per_transport, TestServer, Transport};
 
 fn func(c: &Client, module: &str, name: &str) -> RemoteObject {
-    c.module(module)
-        .unwrap()
-        .getattr(name)
-        .unwrap()
-        .extract()
-        .unwrap()
+    c.module(module).unwrap().getattr(name).unwrap().extract().unwrap()
 }
 
-#[test]
-fn the_embedded_python_is_the_one_the_build_used() {
+fn the_embedded_python_is_the_one_the_build_used(t: Transport) {
     let out = Command::new(farcall_backend_embedded::BUILD_PYTHON)
-        .args([
-            "-c",
-            "import sys, platform; print(platform.python_version()); print(sys.prefix)",
-        ])
+        .args(["-c", "import sys, platform; print(platform.python_version()); print(sys.prefix)"])
         .output()
         .expect("the build's python runs");
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
     let (version, prefix) = (lines.next().unwrap(), lines.next().unwrap());
-    let server = TestServer::start(embedded());
+    let server = TestServer::start_on(t, embedded());
     let client = server.client();
     let info = client.server();
     assert_eq!(info.backend, "embedded");
     assert_eq!(info.python_version, version);
     assert_eq!(info.python_prefix, prefix);
     // And the server really runs that interpreter.
-    let sys_prefix: String = client
-        .module("sys")
-        .unwrap()
-        .getattr("prefix")
-        .unwrap()
-        .extract()
-        .unwrap();
+    let sys_prefix: String = client.module("sys").unwrap().getattr("prefix").unwrap().extract().unwrap();
     assert_eq!(sys_prefix, prefix);
 }
 
-#[test]
-fn values_round_trip_exactly() {
-    let server = TestServer::start(embedded());
+fn values_round_trip_exactly(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
     let echo = func(&c, "builtins", "tuple");
     let pow = func(&c, "builtins", "pow");
     // 2**200 arrives as a big int and goes back as one.
     let big = pow.call(vec![2.into(), 200.into()]).unwrap();
-    let Remote::BigInt(bytes) = &big else {
-        panic!("{big:?}")
-    };
+    let Remote::BigInt(bytes) = &big else { panic!("{big:?}") };
     assert_eq!(bytes.len(), 26);
     let neg = func(&c, "operator", "neg").call(vec![big.clone()]).unwrap();
     let back = func(&c, "operator", "neg").call(vec![neg]).unwrap();
-    let eq: bool = func(&c, "operator", "eq")
-        .call(vec![back, big])
-        .unwrap()
-        .extract()
-        .unwrap();
+    let eq: bool = func(&c, "operator", "eq").call(vec![back, big]).unwrap().extract().unwrap();
     assert!(eq);
     let t: Vec<Remote> = echo
         .call(vec![Remote::Tuple(vec![
@@ -81,81 +59,50 @@ fn values_round_trip_exactly() {
     );
 }
 
-#[test]
-fn ten_megabytes_of_bytes_arrive_intact() {
-    let server = TestServer::start(embedded());
+fn ten_megabytes_of_bytes_arrive_intact(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
     let urandom = func(&c, "os", "urandom");
-    let data: Vec<u8> = urandom
-        .call(vec![10_000_000.into()])
-        .unwrap()
-        .extract()
-        .unwrap();
+    let data: Vec<u8> = urandom.call(vec![10_000_000.into()]).unwrap().extract().unwrap();
     assert_eq!(data.len(), 10_000_000);
     // Send it back and have the server hash it: same digest as locally.
-    let len: i64 = func(&c, "builtins", "len")
-        .call(vec![Remote::Bytes(data.clone().into())])
-        .unwrap()
-        .extract()
-        .unwrap();
+    let len: i64 = func(&c, "builtins", "len").call(vec![Remote::Bytes(data.clone().into())]).unwrap().extract().unwrap();
     assert_eq!(len, 10_000_000);
-    let sum: i64 = func(&c, "builtins", "sum")
-        .call(vec![Remote::Bytes(data.clone().into())])
-        .unwrap()
-        .extract()
-        .unwrap();
+    let sum: i64 = func(&c, "builtins", "sum").call(vec![Remote::Bytes(data.clone().into())]).unwrap().extract().unwrap();
     assert_eq!(sum, data.iter().map(|&b| b as i64).sum::<i64>());
 }
 
-#[test]
-fn remote_exceptions_carry_type_and_traceback() {
-    let server = TestServer::start(embedded());
+fn remote_exceptions_carry_type_and_traceback(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
-    let err = func(&c, "math", "sqrt")
-        .call(vec![Remote::Int(-1)])
-        .unwrap_err();
-    let ClientError::Remote(e) = err else {
-        panic!("{err:?}")
-    };
+    let err = func(&c, "math", "sqrt").call(vec![Remote::Int(-1)]).unwrap_err();
+    let ClientError::Remote(e) = err else { panic!("{err:?}") };
     assert_eq!(e.qualified_type(), "builtins.ValueError");
     assert_eq!(e.message, "math domain error");
     assert!(
-        e.traceback.contains("Traceback (most recent call last)")
-            && e.traceback.contains("ValueError: math domain error"),
+        e.traceback.contains("Traceback (most recent call last)") && e.traceback.contains("ValueError: math domain error"),
         "{}",
         e.traceback
     );
-    let err = func(&c, "json", "loads")
-        .call(vec!["{".into()])
-        .unwrap_err();
-    let ClientError::Remote(e) = err else {
-        panic!("{err:?}")
-    };
+    let err = func(&c, "json", "loads").call(vec!["{".into()]).unwrap_err();
+    let ClientError::Remote(e) = err else { panic!("{err:?}") };
     assert_eq!(e.qualified_type(), "json.decoder.JSONDecodeError");
 }
 
-#[test]
-fn mutation_is_refused_and_changes_nothing() {
-    let server = TestServer::start(embedded());
+fn mutation_is_refused_and_changes_nothing(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
     let math = c.module("math").unwrap();
     let err = math.setattr("pi", Remote::Int(3)).unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Remote(e) if e.qualified_type() == "farcall.PolicyError"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, ClientError::Remote(e) if e.qualified_type() == "farcall.PolicyError"), "{err:?}");
     let err = math.delattr("pi").unwrap_err();
-    assert!(
-        matches!(&err, ClientError::Remote(e) if e.qualified_type() == "farcall.PolicyError"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, ClientError::Remote(e) if e.qualified_type() == "farcall.PolicyError"), "{err:?}");
     let pi: f64 = math.getattr("pi").unwrap().extract().unwrap();
     assert_eq!(pi, std::f64::consts::PI);
 }
 
-#[test]
-fn dropped_references_are_released_on_the_server() {
-    let server = TestServer::start(embedded());
+fn dropped_references_are_released_on_the_server(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
     let list = func(&c, "builtins", "list");
     let (before, _) = c.stats().unwrap();
@@ -169,18 +116,11 @@ fn dropped_references_are_released_on_the_server() {
     assert!(total >= 2000);
 }
 
-#[test]
-fn a_proxy_passed_back_is_the_servers_own_object() {
-    let server = TestServer::start(embedded());
+fn a_proxy_passed_back_is_the_servers_own_object(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
-    let l = func(&c, "builtins", "list")
-        .call(vec![Remote::Tuple(vec![1.into(), 2.into(), 3.into()])])
-        .unwrap();
-    let n: i64 = func(&c, "builtins", "len")
-        .call(vec![l])
-        .unwrap()
-        .extract()
-        .unwrap();
+    let l = func(&c, "builtins", "list").call(vec![Remote::Tuple(vec![1.into(), 2.into(), 3.into()])]).unwrap();
+    let n: i64 = func(&c, "builtins", "len").call(vec![l]).unwrap().extract().unwrap();
     assert_eq!(n, 3);
     // Not to another connection.
     let other = server.client();
@@ -189,9 +129,8 @@ fn a_proxy_passed_back_is_the_servers_own_object() {
     assert!(matches!(err, ClientError::Usage(_)), "{err:?}");
 }
 
-#[test]
-fn sessions_do_not_share_objects() {
-    let server = TestServer::start(embedded());
+fn sessions_do_not_share_objects(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let a = server.client();
     let b = server.client();
     let held = func(&a, "builtins", "object").call(vec![]).unwrap();
@@ -201,9 +140,8 @@ fn sessions_do_not_share_objects() {
     drop(held);
 }
 
-#[test]
-fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones() {
-    let server = TestServer::start(embedded());
+fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
     let c = server.client();
     let sleep = func(&c, "time", "sleep");
     let slow = std::thread::spawn(move || sleep.call(vec![Remote::Float(1.0)]));
@@ -213,11 +151,7 @@ fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones() {
             let add = add.clone();
             std::thread::spawn(move || {
                 for i in 0..200i64 {
-                    let r: i64 = add
-                        .call(vec![t.into(), i.into()])
-                        .unwrap()
-                        .extract()
-                        .unwrap();
+                    let r: i64 = add.call(vec![t.into(), i.into()]).unwrap().extract().unwrap();
                     assert_eq!(r, t + i);
                 }
             })
@@ -229,3 +163,15 @@ fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones() {
     // The 800 calls finished while the slow one may still be sleeping; it completes too.
     slow.join().unwrap().unwrap();
 }
+
+per_transport!(
+    the_embedded_python_is_the_one_the_build_used,
+    values_round_trip_exactly,
+    ten_megabytes_of_bytes_arrive_intact,
+    remote_exceptions_carry_type_and_traceback,
+    mutation_is_refused_and_changes_nothing,
+    dropped_references_are_released_on_the_server,
+    a_proxy_passed_back_is_the_servers_own_object,
+    sessions_do_not_share_objects,
+    one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones,
+);

@@ -3,27 +3,17 @@
 #[path = "../../../client/examples/seed.rs"]
 mod seed;
 
-use farcall_tests::{embedded, TestServer};
+use farcall_tests::{embedded, per_transport, TestServer, Transport};
 
-#[test]
-fn the_rust_example_runs_against_a_real_server() {
-    let server = TestServer::start(embedded());
-    let lines = seed::run(&server.addr).expect("example runs");
+fn the_rust_example_runs_against_a_real_server(t: Transport) {
+    let server = TestServer::start_on(t, embedded());
+    let lines = seed::run(&server.url(), &server.options()).expect("example runs");
     assert!(lines.iter().any(|l| l == "math.pow(3, 2) = 9"), "{lines:?}");
-    assert!(
-        lines.iter().any(|l| l == "os.path.sep = \"/\""),
-        "{lines:?}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("math.sqrt(-1) raised builtins.ValueError")),
-        "{lines:?}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"),
-        "{lines:?}"
-    );
+    assert!(lines.iter().any(|l| l == "os.path.sep = \"/\""), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("math.sqrt(-1) raised builtins.ValueError")), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"), "{lines:?}");
 }
+
+per_transport!(
+    the_rust_example_runs_against_a_real_server,
+);

@@ -28,10 +28,8 @@ fn pki() -> Pki {
     let server = ca.issue_server(&["localhost".into()]).unwrap();
     let client = ca.issue_client("bench").unwrap();
     Pki {
-        server: farcall_tls::server_config(&server.pem_pair(), ca.cert_pem().as_bytes(), &[])
-            .unwrap(),
-        client: farcall_tls::client_config(ca.cert_pem().as_bytes(), Some(&client.pem_pair()), &[])
-            .unwrap(),
+        server: farcall_tls::server_config(&server.pem_pair(), ca.cert_pem().as_bytes(), &[]).unwrap(),
+        client: farcall_tls::client_config(ca.cert_pem().as_bytes(), Some(&client.pem_pair()), &[]).unwrap(),
     }
 }
 
@@ -120,12 +118,7 @@ fn measure(client: &dyn Connection) -> Figures {
     }
     let down_time = t.elapsed();
     let mb = (TRANSFERS * BIG) as f64 / 1e6;
-    Figures {
-        rtt,
-        rtt_p99,
-        up: mb / up_time.as_secs_f64(),
-        down: mb / down_time.as_secs_f64(),
-    }
+    Figures { rtt, rtt_p99, up: mb / up_time.as_secs_f64(), down: mb / down_time.as_secs_f64() }
 }
 
 fn tcp() -> Figures {
@@ -143,9 +136,7 @@ fn tls(pki: &Pki) -> Figures {
     let listener = TlsListener::bind("127.0.0.1:0", pki.server.clone(), MAX).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server = thread::spawn(move || echo_server(listener.accept().unwrap()));
-    let client =
-        TlsConnection::connect(&addr, "localhost", pki.client.clone(), None, MAX, 16 << 20)
-            .unwrap();
+    let client = TlsConnection::connect(&addr, "localhost", pki.client.clone(), None, MAX, 16 << 20).unwrap();
     let f = measure(&client);
     client.shutdown();
     server.join().unwrap();
@@ -167,8 +158,7 @@ fn handshakes(pki: &Pki) -> Duration {
     let mut times = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        let c =
-            TlsConnection::connect(&addr, "localhost", pki.client.clone(), None, MAX, MAX).unwrap();
+        let c = TlsConnection::connect(&addr, "localhost", pki.client.clone(), None, MAX, MAX).unwrap();
         times.push(t.elapsed());
         drop(c);
     }
@@ -178,11 +168,8 @@ fn handshakes(pki: &Pki) -> Duration {
 /// rustls alone, in memory on one thread: encrypt 10 MB on one side and
 /// decrypt it on the other (no sockets, no locks): the crypto floor.
 fn rustls_in_memory(pki: &Pki) -> (f64, f64, String) {
-    let mut client = rustls::ClientConnection::new(
-        pki.client.clone(),
-        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
+    let mut client =
+        rustls::ClientConnection::new(pki.client.clone(), rustls::pki_types::ServerName::try_from("localhost").unwrap()).unwrap();
     let mut server = rustls::ServerConnection::new(pki.server.clone()).unwrap();
     let mut wire = Vec::new();
     while client.is_handshaking() || server.is_handshaking() {
@@ -249,10 +236,7 @@ fn main() {
     };
     let (t, s) = (best(&tcp1, &tcp2), best(&tls1, &tls2));
     println!("loopback, two threads of one process (best of two runs each)");
-    println!(
-        "{:<8} {:>12} {:>12} {:>16} {:>16}",
-        "", "rtt median", "rtt p99", "10 MB up MB/s", "10 MB down MB/s"
-    );
+    println!("{:<8} {:>12} {:>12} {:>16} {:>16}", "", "rtt median", "rtt p99", "10 MB up MB/s", "10 MB down MB/s");
     for (name, f) in [("tcp://", &t), ("tls://", &s)] {
         println!(
             "{:<8} {:>9.1} µs {:>9.1} µs {:>16.0} {:>16.0}",
@@ -263,18 +247,7 @@ fn main() {
             f.down
         );
     }
-    println!(
-        "tls/tcp  rtt x{:.2}, up x{:.2}, down x{:.2}",
-        s.rtt.as_secs_f64() / t.rtt.as_secs_f64(),
-        s.up / t.up,
-        s.down / t.down
-    );
-    println!(
-        "tls:// mutual TLS 1.3 handshake (connect to both sides established), median: {:.2} ms",
-        hs.as_secs_f64() * 1e3
-    );
-    println!(
-        "rustls alone in memory (the crypto floor, {}): encrypt {:.0} MB/s, decrypt {:.0} MB/s",
-        mem.2, mem.0, mem.1
-    );
+    println!("tls/tcp  rtt x{:.2}, up x{:.2}, down x{:.2}", s.rtt.as_secs_f64() / t.rtt.as_secs_f64(), s.up / t.up, s.down / t.down);
+    println!("tls:// mutual TLS 1.3 handshake (connect to both sides established), median: {:.2} ms", hs.as_secs_f64() * 1e3);
+    println!("rustls alone in memory (the crypto floor, {}): encrypt {:.0} MB/s, decrypt {:.0} MB/s", mem.2, mem.0, mem.1);
 }

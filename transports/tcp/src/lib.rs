@@ -127,44 +127,21 @@ impl TcpConnection {
 
     /// Like [`TcpConnection::new`], keeping a receive buffer of up to
     /// `max_retained` bytes between frames (larger frames get their own).
-    pub fn with_buffer(
-        stream: TcpStream,
-        max_frame: usize,
-        max_retained: usize,
-    ) -> Result<Self, TransportError> {
+    pub fn with_buffer(stream: TcpStream, max_frame: usize, max_retained: usize) -> Result<Self, TransportError> {
         let io = |e| TransportError::io("setting up the TCP stream", e);
         stream.set_nodelay(true).map_err(io)?;
-        let address = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let address = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         Ok(TcpConnection {
-            reader: Mutex::new((
-                stream.try_clone().map_err(io)?,
-                FrameReader::new(max_frame, max_retained),
-                false,
-            )),
+            reader: Mutex::new((stream.try_clone().map_err(io)?, FrameReader::new(max_frame, max_retained), false)),
             writer: Mutex::new(stream.try_clone().map_err(io)?),
             control: stream,
-            peer: PeerInfo {
-                transport: "tcp",
-                address,
-                identity: None,
-            },
+            peer: PeerInfo { transport: "tcp", address, identity: None },
         })
     }
 
     /// Connects to `addr` (`host:port`), trying each resolved address within `timeout`.
-    pub fn connect(
-        addr: &str,
-        timeout: Option<Duration>,
-        max_frame: usize,
-        max_retained: usize,
-    ) -> Result<Self, TransportError> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| TransportError::io(format!("resolving {addr}"), e))?
-            .collect();
+    pub fn connect(addr: &str, timeout: Option<Duration>, max_frame: usize, max_retained: usize) -> Result<Self, TransportError> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| TransportError::io(format!("resolving {addr}"), e))?.collect();
         let mut last = None;
         for a in &addrs {
             let attempt = match timeout {
@@ -216,9 +193,9 @@ impl Connection for TcpConnection {
     fn send(&self, frames: &[&Frame]) -> Result<(), TransportError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         write_frames(&mut *w, frames).map_err(|e| match e.kind() {
-            std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::NotConnected => TransportError::Closed,
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::NotConnected => {
+                TransportError::Closed
+            }
             _ => TransportError::io("sending", e),
         })
     }
@@ -242,9 +219,7 @@ impl Connection for TcpConnection {
     }
 
     fn set_recv_timeout(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        self.control
-            .set_read_timeout(timeout)
-            .map_err(|e| TransportError::io("setting a read timeout", e))
+        self.control.set_read_timeout(timeout).map_err(|e| TransportError::io("setting a read timeout", e))
     }
 }
 
@@ -259,16 +234,9 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds `addr` (`host:port`; port 0 picks a free port).
     pub fn bind(addr: &str, max_frame: usize) -> Result<Self, TransportError> {
-        let inner = std::net::TcpListener::bind(addr)
-            .map_err(|e| TransportError::io(format!("binding tcp://{addr}"), e))?;
-        let local = inner
-            .local_addr()
-            .map_err(|e| TransportError::io("reading the bound address", e))?;
-        Ok(TcpListener {
-            inner,
-            url: format!("tcp://{local}"),
-            max_frame,
-        })
+        let inner = std::net::TcpListener::bind(addr).map_err(|e| TransportError::io(format!("binding tcp://{addr}"), e))?;
+        let local = inner.local_addr().map_err(|e| TransportError::io("reading the bound address", e))?;
+        Ok(TcpListener { inner, url: format!("tcp://{local}"), max_frame })
     }
 
     /// The bound socket address.
@@ -279,15 +247,8 @@ impl TcpListener {
 
 impl Listener for TcpListener {
     fn accept(&self) -> Result<Box<dyn Connection>, TransportError> {
-        let (stream, _) = self
-            .inner
-            .accept()
-            .map_err(|e| TransportError::io("accepting", e))?;
-        Ok(Box::new(TcpConnection::with_buffer(
-            stream,
-            self.max_frame,
-            SERVER_MAX_RETAINED,
-        )?))
+        let (stream, _) = self.inner.accept().map_err(|e| TransportError::io("accepting", e))?;
+        Ok(Box::new(TcpConnection::with_buffer(stream, self.max_frame, SERVER_MAX_RETAINED)?))
     }
 
     fn local_url(&self) -> String {

@@ -88,12 +88,8 @@ fn hint(e: &rustls::Error, server: bool) -> Option<&'static str> {
     use rustls::Error as E;
     Some(match e {
         E::InvalidCertificate(c) => match (c, server) {
-            (CertificateError::UnknownIssuer, true) => {
-                "the client's certificate is not signed by this server's client_ca"
-            }
-            (CertificateError::UnknownIssuer, false) => {
-                "the server's certificate is not signed by the CA this client trusts (`ca`)"
-            }
+            (CertificateError::UnknownIssuer, true) => "the client's certificate is not signed by this server's client_ca",
+            (CertificateError::UnknownIssuer, false) => "the server's certificate is not signed by the CA this client trusts (`ca`)",
             (CertificateError::Expired | CertificateError::ExpiredContext { .. }, true) => {
                 "the client's certificate has expired; issue a new one with `farcall certs`"
             }
@@ -103,10 +99,7 @@ fn hint(e: &rustls::Error, server: bool) -> Option<&'static str> {
             (CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }, _) => {
                 "the peer's certificate is not valid yet: check both machines' clocks"
             }
-            (
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                _,
-            ) => {
+            (CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }, _) => {
                 "the server's certificate does not hold the name dialled: dial a name it holds, \
                  set `server_name`, or reissue it with that name (`farcall certs --server-name`)"
             }
@@ -120,34 +113,19 @@ fn hint(e: &rustls::Error, server: bool) -> Option<&'static str> {
                 "the server's certificate does not verify against the CA this client trusts: \
                  signed by another CA of the same name? (give each CA its own name)"
             }
-            (
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
-                _,
-            ) => {
+            (CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }, _) => {
                 "the peer's certificate is not made for this role (a client certificate used \
                  by a server, or the reverse)"
             }
             _ => return None,
         },
-        E::NoCertificatesPresented if server => {
-            "the client presented no certificate; this server requires one signed by its client_ca"
-        }
+        E::NoCertificatesPresented if server => "the client presented no certificate; this server requires one signed by its client_ca",
         E::AlertReceived(a) => match a {
-            AlertDescription::CertificateRequired => {
-                "the server requires a client certificate: give the client `cert` and `key`"
-            }
-            AlertDescription::UnknownCA if !server => {
-                "the server does not trust the CA that signed this client's certificate"
-            }
-            AlertDescription::UnknownCA => {
-                "the client does not trust the CA that signed this server's certificate"
-            }
-            AlertDescription::CertificateExpired if !server => {
-                "the server says this client's certificate has expired or is not valid yet"
-            }
-            AlertDescription::CertificateExpired => {
-                "the client says this server's certificate has expired or is not valid yet"
-            }
+            AlertDescription::CertificateRequired => "the server requires a client certificate: give the client `cert` and `key`",
+            AlertDescription::UnknownCA if !server => "the server does not trust the CA that signed this client's certificate",
+            AlertDescription::UnknownCA => "the client does not trust the CA that signed this server's certificate",
+            AlertDescription::CertificateExpired if !server => "the server says this client's certificate has expired or is not valid yet",
+            AlertDescription::CertificateExpired => "the client says this server's certificate has expired or is not valid yet",
             AlertDescription::BadCertificate
             | AlertDescription::UnsupportedCertificate
             | AlertDescription::CertificateUnknown
@@ -181,21 +159,11 @@ struct Failure {
 
 impl Failure {
     fn tls(context: &str, f: TlsFailure) -> Self {
-        Failure {
-            context: context.to_owned(),
-            kind: io::ErrorKind::InvalidData,
-            message: String::new(),
-            tls: Some(Box::new(f)),
-        }
+        Failure { context: context.to_owned(), kind: io::ErrorKind::InvalidData, message: String::new(), tls: Some(Box::new(f)) }
     }
 
     fn io(context: &str, kind: io::ErrorKind, message: impl Into<String>) -> Self {
-        Failure {
-            context: context.to_owned(),
-            kind,
-            tls: None,
-            message: message.into(),
-        }
+        Failure { context: context.to_owned(), kind, tls: None, message: message.into() }
     }
 
     fn to_error(&self) -> TransportError {
@@ -228,11 +196,7 @@ fn looks_like_tls(b: &[u8]) -> bool {
 }
 
 fn hex_prefix(b: &[u8]) -> String {
-    b.iter()
-        .take(8)
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 // -------------------------------------------------------------- connection
@@ -354,10 +318,7 @@ impl TlsConnection {
     ) -> Result<Self, TransportError> {
         let io = |e| TransportError::io("setting up the TCP stream", e);
         stream.set_nodelay(true).map_err(io)?;
-        let address = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let address = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         Ok(TlsConnection {
             state: Mutex::new(tls),
             recv: Mutex::new(RecvSide {
@@ -370,17 +331,10 @@ impl TlsConnection {
                     eof: false,
                 },
             }),
-            send: Mutex::new(SendSide {
-                stream: stream.try_clone().map_err(io)?,
-                buf: Vec::new(),
-            }),
+            send: Mutex::new(SendSide { stream: stream.try_clone().map_err(io)?, buf: Vec::new() }),
             control: stream,
             role,
-            address: PeerInfo {
-                transport: "tls",
-                address,
-                identity: None,
-            },
+            address: PeerInfo { transport: "tls", address, identity: None },
             established: OnceLock::new(),
             handshake_timeout,
             recv_timeout: Mutex::new((None, false)),
@@ -410,15 +364,9 @@ impl TlsConnection {
         max_retained: usize,
     ) -> Result<Self, TransportError> {
         let started = Instant::now();
-        let name = ServerName::try_from(server_name.to_owned()).map_err(|e| {
-            TransportError::Config(format!(
-                "`{server_name}` is not usable as a TLS server name: {e}"
-            ))
-        })?;
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| TransportError::io(format!("resolving {addr}"), e))?
-            .collect();
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| TransportError::Config(format!("`{server_name}` is not usable as a TLS server name: {e}")))?;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| TransportError::io(format!("resolving {addr}"), e))?.collect();
         let mut last = None;
         let mut stream = None;
         for a in &addrs {
@@ -440,23 +388,13 @@ impl TlsConnection {
                 last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")),
             ));
         };
-        let tls = rustls::ClientConnection::new(config, name).map_err(|e| {
-            TransportError::Config(format!("the TLS client configuration is not usable: {e}"))
-        })?;
+        let tls = rustls::ClientConnection::new(config, name)
+            .map_err(|e| TransportError::Config(format!("the TLS client configuration is not usable: {e}")))?;
         let handshake_timeout = match timeout {
-            Some(t) => t
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1)),
+            Some(t) => t.saturating_sub(started.elapsed()).max(Duration::from_millis(1)),
             None => DEFAULT_HANDSHAKE_TIMEOUT,
         };
-        let conn = Self::new(
-            stream,
-            tls.into(),
-            Role::Client,
-            max_frame,
-            max_retained,
-            handshake_timeout,
-        )?;
+        let conn = Self::new(stream, tls.into(), Role::Client, max_frame, max_retained, handshake_timeout)?;
         conn.handshake()?;
         Ok(conn)
     }
@@ -471,17 +409,9 @@ impl TlsConnection {
         max_retained: usize,
         handshake_timeout: Duration,
     ) -> Result<Self, TransportError> {
-        let tls = rustls::ServerConnection::new(config).map_err(|e| {
-            TransportError::Config(format!("the TLS server configuration is not usable: {e}"))
-        })?;
-        Self::new(
-            stream,
-            tls.into(),
-            Role::Server,
-            max_frame,
-            max_retained,
-            handshake_timeout,
-        )
+        let tls = rustls::ServerConnection::new(config)
+            .map_err(|e| TransportError::Config(format!("the TLS server configuration is not usable: {e}")))?;
+        Self::new(stream, tls.into(), Role::Server, max_frame, max_retained, handshake_timeout)
     }
 
     /// Completes the TLS handshake if it is not yet done and returns the
@@ -519,8 +449,7 @@ impl TlsConnection {
         let mut send = lock(&self.send);
         let mut state = lock(&self.state);
         let deadline = Instant::now() + self.handshake_timeout;
-        let outcome =
-            self.drive_handshake(&context, &mut state, &mut recv.inbound, &mut send, deadline);
+        let outcome = self.drive_handshake(&context, &mut state, &mut recv.inbound, &mut send, deadline);
         if outcome.is_err() && self.role == Role::Server && !self.shut.load(Ordering::SeqCst) {
             linger(&send.stream, &mut recv.inbound);
         }
@@ -535,12 +464,7 @@ impl TlsConnection {
                 // The frames of one send are encrypted in pieces of bounded
                 // size; rustls need not limit its own buffer.
                 state.set_buffer_limit(None);
-                Ok(PeerInfo {
-                    identity: state
-                        .peer_certificates()
-                        .and_then(farcall_tls::peer_identity),
-                    ..self.address.clone()
-                })
+                Ok(PeerInfo { identity: state.peer_certificates().and_then(farcall_tls::peer_identity), ..self.address.clone() })
             }
             Err(f) => Err(f),
         }
@@ -561,17 +485,10 @@ impl TlsConnection {
             Failure::io(
                 context,
                 io::ErrorKind::TimedOut,
-                format!(
-                    "the {peer_kind} did not complete the TLS handshake within {:?}",
-                    self.handshake_timeout
-                ),
+                format!("the {peer_kind} did not complete the TLS handshake within {:?}", self.handshake_timeout),
             )
         };
-        let remaining = || {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-        };
+        let remaining = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
         let mut first = true;
         loop {
             if state.wants_write() {
@@ -584,11 +501,7 @@ impl TlsConnection {
                 }
                 let _ = send.stream.set_write_timeout(Some(left));
                 if let Err(e) = send.stream.write_all(&send.buf) {
-                    return Err(if is_timeout(e.kind()) {
-                        timed_out()
-                    } else {
-                        self.lost_in_handshake(context, e.kind(), &e.to_string())
-                    });
+                    return Err(if is_timeout(e.kind()) { timed_out() } else { self.lost_in_handshake(context, e.kind(), &e.to_string()) });
                 }
                 send.buf.clear();
             }
@@ -634,11 +547,7 @@ impl TlsConnection {
                 continue;
             }
             if inbound.eof {
-                return Err(self.lost_in_handshake(
-                    context,
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
+                return Err(self.lost_in_handshake(context, io::ErrorKind::UnexpectedEof, "connection closed"));
             }
             let Some(left) = remaining() else {
                 return Err(timed_out());
@@ -674,10 +583,7 @@ impl TlsConnection {
     /// error for the reader.
     fn fatal(&self, state: &mut rustls::Connection, e: rustls::Error) -> io::Error {
         let failure = TlsFailure::new(e, self.role == Role::Server);
-        *lock(&self.failure) = Some(Failure::tls(
-            &self.context("TLS session with"),
-            failure.clone(),
-        ));
+        *lock(&self.failure) = Some(Failure::tls(&self.context("TLS session with"), failure.clone()));
         if let Ok(mut send) = self.send.try_lock() {
             send_alert(state, &mut send);
         }
@@ -729,10 +635,7 @@ fn send_alert(state: &mut rustls::Connection, send: &mut SendSide) {
 fn linger(write: &TcpStream, inbound: &mut Inbound) {
     let _ = write.shutdown(Shutdown::Write);
     let until = Instant::now() + LINGER;
-    while let Some(left) = until
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-    {
+    while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
         let _ = inbound.stream.set_read_timeout(Some(left));
         match inbound.stream.read(&mut inbound.raw) {
             Ok(0) => break,
@@ -791,11 +694,7 @@ impl Read for Plaintext<'_> {
                     }
                     match self.inbound.feed(&mut state) {
                         Ok(true) => {}
-                        Ok(false) => {
-                            return Err(io::Error::other(
-                                "TLS: received records could not be processed",
-                            ))
-                        }
+                        Ok(false) => return Err(io::Error::other("TLS: received records could not be processed")),
                         Err(e) => return Err(self.conn.fatal(&mut state, e)),
                     }
                     // Records rustls queues while receiving (in TLS 1.3 only
@@ -818,12 +717,7 @@ impl Connection for TlsConnection {
             .iter()
             .map(|f| u32::try_from(f.len()).map(u32::to_be_bytes))
             .collect::<Result<_, _>>()
-            .map_err(|_| {
-                TransportError::io(
-                    "sending",
-                    io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"),
-                )
-            })?;
+            .map_err(|_| TransportError::io("sending", io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB")))?;
         let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() * 2);
         for (f, h) in frames.iter().zip(&heads) {
             parts.push(h);
@@ -853,14 +747,9 @@ impl Connection for TlsConnection {
             // lock (held) keeps the records in order on the socket.
             let accepted = {
                 let mut state = lock(&self.state);
-                let n = state
-                    .writer()
-                    .write_vectored(&slices)
-                    .map_err(|e| self.send_error(e))?;
+                let n = state.writer().write_vectored(&slices).map_err(|e| self.send_error(e))?;
                 while state.wants_write() {
-                    state
-                        .write_tls(&mut send.buf)
-                        .map_err(|e| self.send_error(e))?;
+                    state.write_tls(&mut send.buf).map_err(|e| self.send_error(e))?;
                 }
                 n
             };
@@ -896,10 +785,7 @@ impl Connection for TlsConnection {
         self.handshake()?;
         let mut recv = lock(&self.recv);
         let RecvSide { frames, inbound } = &mut *recv;
-        let mut plain = Plaintext {
-            conn: self,
-            inbound,
-        };
+        let mut plain = Plaintext { conn: self, inbound };
         frames.read(&mut plain).map_err(|e| self.recv_error(e))
     }
 
@@ -946,9 +832,7 @@ impl Connection for TlsConnection {
         let mut t = lock(&self.recv_timeout);
         t.0 = timeout;
         if t.1 {
-            self.control
-                .set_read_timeout(timeout)
-                .map_err(|e| TransportError::io("setting a read timeout", e))?;
+            self.control.set_read_timeout(timeout).map_err(|e| TransportError::io("setting a read timeout", e))?;
         }
         Ok(())
     }
@@ -985,23 +869,10 @@ impl fmt::Debug for TlsListener {
 impl TlsListener {
     /// Binds `addr` (`host:port`; port 0 picks a free port); accepted
     /// connections use `config` and refuse frames over `max_frame` bytes.
-    pub fn bind(
-        addr: &str,
-        config: Arc<ServerConfig>,
-        max_frame: usize,
-    ) -> Result<Self, TransportError> {
-        let inner = std::net::TcpListener::bind(addr)
-            .map_err(|e| TransportError::io(format!("binding tls://{addr}"), e))?;
-        let local = inner
-            .local_addr()
-            .map_err(|e| TransportError::io("reading the bound address", e))?;
-        Ok(TlsListener {
-            inner,
-            url: format!("tls://{local}"),
-            config,
-            max_frame,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-        })
+    pub fn bind(addr: &str, config: Arc<ServerConfig>, max_frame: usize) -> Result<Self, TransportError> {
+        let inner = std::net::TcpListener::bind(addr).map_err(|e| TransportError::io(format!("binding tls://{addr}"), e))?;
+        let local = inner.local_addr().map_err(|e| TransportError::io("reading the bound address", e))?;
+        Ok(TlsListener { inner, url: format!("tls://{local}"), config, max_frame, handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT })
     }
 
     /// Sets how long a client may take to complete its handshake (default
@@ -1019,10 +890,7 @@ impl TlsListener {
 
 impl Listener for TlsListener {
     fn accept(&self) -> Result<Box<dyn Connection>, TransportError> {
-        let (stream, _) = self
-            .inner
-            .accept()
-            .map_err(|e| TransportError::io("accepting", e))?;
+        let (stream, _) = self.inner.accept().map_err(|e| TransportError::io("accepting", e))?;
         Ok(Box::new(TlsConnection::accept_stream(
             stream,
             self.config.clone(),

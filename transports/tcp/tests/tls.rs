@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use farcall_core::codec::{decode, encode};
-use farcall_core::{
-    Connection, Frame, FrameError, Listener, Message, Request, Route, TransportError, Value,
-};
+use farcall_core::{Connection, Frame, FrameError, Listener, Message, Request, Route, TransportError, Value};
 use farcall_tls::Authority;
 use farcall_transport_tcp::{TcpConnection, TcpListener, TlsConnection, TlsListener};
 use time::OffsetDateTime;
@@ -26,11 +24,8 @@ struct Pki {
 impl Pki {
     fn new() -> Self {
         let ca = Authority::new("test CA").unwrap();
-        let cert = ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
-        let server =
-            farcall_tls::server_config(&cert.pem_pair(), ca.cert_pem().as_bytes(), &[]).unwrap();
+        let cert = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let server = farcall_tls::server_config(&cert.pem_pair(), ca.cert_pem().as_bytes(), &[]).unwrap();
         Pki { ca, server }
     }
 
@@ -66,15 +61,11 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
     thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("did not finish within {secs} s (deadlock or hang)"))
+    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("did not finish within {secs} s (deadlock or hang)"))
 }
 
 fn request(id: u64, name: &str) -> Frame {
-    encode(&Message::Request {
-        id,
-        op: Request::GetModule { name: name.into() },
-    })
+    encode(&Message::Request { id, op: Request::GetModule { name: name.into() } })
 }
 
 fn raw(body: &'static [u8]) -> Frame {
@@ -101,10 +92,7 @@ fn serve(listener: impl Listener + 'static) -> Receiver<Outcome> {
                             let _ = tx.send(Ok(conn.peer().identity.clone()));
                             first = false;
                         }
-                        if conn
-                            .send(&[&Frame::from_bytes(Route::Oneway, body)])
-                            .is_err()
-                        {
+                        if conn.send(&[&Frame::from_bytes(Route::Oneway, body)]).is_err() {
                             return;
                         }
                     }
@@ -134,10 +122,7 @@ fn echo(conn: &dyn Connection) -> Result<(), String> {
 fn assert_mentions(what: &str, text: &str, words: &[&str]) {
     eprintln!("{what}: {text}");
     for w in words {
-        assert!(
-            text.to_lowercase().contains(&w.to_lowercase()),
-            "{what}: expected `{w}` in: {text}"
-        );
+        assert!(text.to_lowercase().contains(&w.to_lowercase()), "{what}: expected `{w}` in: {text}");
     }
 }
 
@@ -150,31 +135,18 @@ fn round_trip_with_both_identities() {
         let conn = listener.accept().unwrap();
         let body = conn.recv().unwrap();
         let peer = conn.peer().clone();
-        let reply = encode(&Message::Reply {
-            id: 1,
-            result: Ok(Value::Str(format!(
-                "hello {}",
-                peer.identity.clone().unwrap()
-            ))),
-        });
+        let reply = encode(&Message::Reply { id: 1, result: Ok(Value::Str(format!("hello {}", peer.identity.clone().unwrap()))) });
         conn.send(&[&reply]).unwrap();
         // A second client, dialling by IP address.
         let second = accept_one(&listener).peer().identity.clone();
         (peer, decode(body).unwrap(), second)
     });
-    let client =
-        TlsConnection::connect(&addr, "localhost", pki.client("alice"), TIMEOUT, MAX, MAX).unwrap();
+    let client = TlsConnection::connect(&addr, "localhost", pki.client("alice"), TIMEOUT, MAX, MAX).unwrap();
     assert_eq!(client.peer().transport, "tls");
     assert_eq!(client.peer().identity.as_deref(), Some("localhost"));
     client.send(&[&request(1, "math")]).unwrap();
     let reply = decode(client.recv().unwrap()).unwrap();
-    assert_eq!(
-        reply,
-        Message::Reply {
-            id: 1,
-            result: Ok(Value::Str("hello alice".into()))
-        }
-    );
+    assert_eq!(reply, Message::Reply { id: 1, result: Ok(Value::Str("hello alice".into())) });
     // Dialling by IP address checks the certificate's IP name.
     let by_ip = TlsConnection::connect(&addr, "127.0.0.1", pki.client("bob"), TIMEOUT, MAX, MAX);
     assert_eq!(by_ip.unwrap().peer().identity.as_deref(), Some("localhost"));
@@ -183,38 +155,21 @@ fn round_trip_with_both_identities() {
     assert_eq!(peer.transport, "tls");
     assert_eq!(peer.identity.as_deref(), Some("alice"));
     assert!(peer.address.starts_with("127.0.0.1:"), "{}", peer.address);
-    assert_eq!(
-        got,
-        Message::Request {
-            id: 1,
-            op: Request::GetModule {
-                name: "math".into()
-            }
-        }
-    );
+    assert_eq!(got, Message::Request { id: 1, op: Request::GetModule { name: "math".into() } });
 }
 
 /// A 10 MB frame of bytes (a reply carrying a `bytes` value, so that the
 /// frame is made of several chunks) whose content depends on `seed`.
 fn big(seed: u8, id: u64) -> (Frame, Bytes) {
-    let data: Bytes = (0..10 << 20)
-        .map(|i: usize| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect::<Vec<u8>>()
-        .into();
-    let frame = encode(&Message::Reply {
-        id,
-        result: Ok(Value::Bytes(data.clone())),
-    });
+    let data: Bytes = (0..10 << 20).map(|i: usize| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into();
+    let frame = encode(&Message::Reply { id, result: Ok(Value::Bytes(data.clone())) });
     assert!(frame.chunks().len() > 1);
     (frame, data)
 }
 
 fn check_big(body: Bytes, want: &Bytes, id: u64) {
     match decode(body).unwrap() {
-        Message::Reply {
-            id: got,
-            result: Ok(Value::Bytes(b)),
-        } => {
+        Message::Reply { id: got, result: Ok(Value::Bytes(b)) } => {
             assert_eq!(got, id);
             assert!(b == *want, "10 MB payload {id} corrupted");
         }
@@ -230,9 +185,7 @@ fn ten_megabyte_frames_both_ways_at_once() {
     let client_cfg = pki.client("alice");
     within(120, move || {
         let server = thread::spawn(move || Arc::new(accept_one(&listener)));
-        let client: Arc<dyn Connection> = Arc::new(
-            TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, MAX, 16 << 20).unwrap(),
-        );
+        let client: Arc<dyn Connection> = Arc::new(TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, MAX, 16 << 20).unwrap());
         let server: Arc<Box<dyn Connection>> = server.join().unwrap();
         let (from_client, from_client_data) = big(1, 1);
         let (from_server, from_server_data) = big(2, 2);
@@ -288,9 +241,7 @@ fn ten_megabyte_frames_both_ways_at_once() {
             s.join().unwrap();
         }
         ids.sort_unstable();
-        let mut want: Vec<u64> = (0..4)
-            .flat_map(|i| (0..50).map(move |j| i * 100 + j))
-            .collect();
+        let mut want: Vec<u64> = (0..4).flat_map(|i| (0..50).map(move |j| i * 100 + j)).collect();
         want.sort_unstable();
         assert_eq!(ids, want);
     });
@@ -307,11 +258,9 @@ fn refusals_are_explained_and_the_listener_keeps_serving() {
     // Each refused client: its error (connect, or first round trip).
     let attempt = |config: Arc<rustls::ClientConfig>, name: &str| -> String {
         let (addr, name) = (addr.clone(), name.to_owned());
-        within(30, move || {
-            match TlsConnection::connect(&addr, &name, config, TIMEOUT, MAX, MAX) {
-                Ok(c) => echo(&c).expect_err("a refused client got an answer"),
-                Err(e) => e.to_string(),
-            }
+        within(30, move || match TlsConnection::connect(&addr, &name, config, TIMEOUT, MAX, MAX) {
+            Ok(c) => echo(&c).expect_err("a refused client got an answer"),
+            Err(e) => e.to_string(),
         })
     };
     let good_round_trip = || {
@@ -324,124 +273,63 @@ fn refusals_are_explained_and_the_listener_keeps_serving() {
 
     // No client certificate.
     let err = attempt(pki.client_with(None), "localhost");
-    assert_mentions(
-        "no certificate, client",
-        &err,
-        &["CertificateRequired", "requires a client certificate"],
-    );
+    assert_mentions("no certificate, client", &err, &["CertificateRequired", "requires a client certificate"]);
     let server_err = next_outcome().unwrap_err();
-    assert_mentions(
-        "no certificate, server",
-        &server_err,
-        &["TLS handshake with 127.0.0.1", "no certificate"],
-    );
+    assert_mentions("no certificate, server", &server_err, &["TLS handshake with 127.0.0.1", "no certificate"]);
     good_round_trip();
     assert_eq!(next_outcome(), Ok(Some("alice".into())));
 
     // A certificate from another CA.
     let other = Authority::new("other CA").unwrap();
-    let err = attempt(
-        pki.client_with(Some(&other.issue_client("mallory").unwrap())),
-        "localhost",
-    );
-    assert_mentions(
-        "other CA, client",
-        &err,
-        &["UnknownCA", "does not trust the CA"],
-    );
+    let err = attempt(pki.client_with(Some(&other.issue_client("mallory").unwrap())), "localhost");
+    assert_mentions("other CA, client", &err, &["UnknownCA", "does not trust the CA"]);
     let server_err = next_outcome().unwrap_err();
-    assert_mentions(
-        "other CA, server",
-        &server_err,
-        &["UnknownIssuer", "client_ca"],
-    );
+    assert_mentions("other CA, server", &server_err, &["UnknownIssuer", "client_ca"]);
     good_round_trip();
     assert_eq!(next_outcome(), Ok(Some("alice".into())));
 
     // An expired client certificate.
     let now = OffsetDateTime::now_utc();
-    let expired = pki
-        .ca
-        .issue_client_valid(
-            "carol",
-            now - time::Duration::days(30),
-            now - time::Duration::days(1),
-        )
-        .unwrap();
+    let expired = pki.ca.issue_client_valid("carol", now - time::Duration::days(30), now - time::Duration::days(1)).unwrap();
     let err = attempt(pki.client_with(Some(&expired)), "localhost");
     assert_mentions("expired, client", &err, &["CertificateExpired", "expired"]);
     let server_err = next_outcome().unwrap_err();
-    assert_mentions(
-        "expired, server",
-        &server_err,
-        &["certificate expired", "has expired"],
-    );
+    assert_mentions("expired, server", &server_err, &["certificate expired", "has expired"]);
     good_round_trip();
     assert_eq!(next_outcome(), Ok(Some("alice".into())));
 
     // A server certificate for another name: refused by the client in connect.
     let err = attempt(good.clone(), "elsewhere.example");
-    assert_mentions(
-        "server name, client",
-        &err,
-        &[
-            "TLS handshake with 127.0.0.1",
-            "not valid for name",
-            "server_name",
-        ],
-    );
+    assert_mentions("server name, client", &err, &["TLS handshake with 127.0.0.1", "not valid for name", "server_name"]);
     let server_err = next_outcome().unwrap_err();
-    assert_mentions(
-        "server name, server",
-        &server_err,
-        &["BadCertificate", "refused this server's certificate"],
-    );
+    assert_mentions("server name, server", &server_err, &["BadCertificate", "refused this server's certificate"]);
     good_round_trip();
     assert_eq!(next_outcome(), Ok(Some("alice".into())));
 
     // A client certificate from another CA of the same name (every CA
     // that `farcall certs` makes has the same name).
     let twin = Authority::new("test CA").unwrap();
-    let err = attempt(
-        pki.client_with(Some(&twin.issue_client("mallory").unwrap())),
-        "localhost",
-    );
-    assert_mentions(
-        "twin CA, client",
-        &err,
-        &["DecryptError", "refused this client's certificate"],
-    );
+    let err = attempt(pki.client_with(Some(&twin.issue_client("mallory").unwrap())), "localhost");
+    assert_mentions("twin CA, client", &err, &["DecryptError", "refused this client's certificate"]);
     let server_err = next_outcome().unwrap_err();
-    assert_mentions(
-        "twin CA, server",
-        &server_err,
-        &["BadSignature", "another CA of the same name"],
-    );
+    assert_mentions("twin CA, server", &server_err, &["BadSignature", "another CA of the same name"]);
     good_round_trip();
     assert_eq!(next_outcome(), Ok(Some("alice".into())));
 
     // Servers whose certificates come from CAs the client does not trust:
     // one named differently, one named like the client's.
     for (ca_name, words) in [
-        (
-            "stranger CA",
-            ["UnknownIssuer", "not signed by the CA this client trusts"],
-        ),
+        ("stranger CA", ["UnknownIssuer", "not signed by the CA this client trusts"]),
         ("test CA", ["BadSignature", "another CA of the same name"]),
     ] {
         let ca = Authority::new(ca_name).unwrap();
         let cert = ca.issue_server(&["localhost".into()]).unwrap();
-        let config =
-            farcall_tls::server_config(&cert.pem_pair(), ca.cert_pem().as_bytes(), &[]).unwrap();
+        let config = farcall_tls::server_config(&cert.pem_pair(), ca.cert_pem().as_bytes(), &[]).unwrap();
         let stranger = TlsListener::bind("127.0.0.1:0", config, MAX).unwrap();
         let stranger_addr = stranger.local_addr().unwrap().to_string();
         let _outcomes = serve(stranger);
         let good = good.clone();
-        let err = within(30, move || {
-            TlsConnection::connect(&stranger_addr, "localhost", good, TIMEOUT, MAX, MAX)
-                .unwrap_err()
-                .to_string()
-        });
+        let err = within(30, move || TlsConnection::connect(&stranger_addr, "localhost", good, TIMEOUT, MAX, MAX).unwrap_err().to_string());
         assert_mentions("server CA, client", &err, &words);
     }
 }
@@ -456,15 +344,8 @@ fn plaintext_client_on_a_tls_port_fails_promptly() {
         echo(&c).unwrap_err()
     });
     assert_mentions("plain client", &err, &["speaks TLS", "tls://"]);
-    let server_err = outcomes
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .unwrap_err();
-    assert_mentions(
-        "TLS server",
-        &server_err,
-        &["did not start a TLS handshake", "plain tcp:// client"],
-    );
+    let server_err = outcomes.recv_timeout(Duration::from_secs(20)).unwrap().unwrap_err();
+    assert_mentions("TLS server", &server_err, &["did not start a TLS handshake", "plain tcp:// client"]);
 }
 
 #[test]
@@ -474,20 +355,9 @@ fn tls_client_on_a_plain_port_fails_promptly() {
     let addr = listener.local_addr().unwrap().to_string();
     let outcomes = serve(listener);
     let client = pki.client("alice");
-    let err = within(20, move || {
-        TlsConnection::connect(&addr, "localhost", client, TIMEOUT, MAX, MAX)
-            .unwrap_err()
-            .to_string()
-    });
-    assert_mentions(
-        "TLS client",
-        &err,
-        &["TLS handshake with", "not a tls:// port"],
-    );
-    let server_err = outcomes
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .unwrap_err();
+    let err = within(20, move || TlsConnection::connect(&addr, "localhost", client, TIMEOUT, MAX, MAX).unwrap_err().to_string());
+    assert_mentions("TLS client", &err, &["TLS handshake with", "not a tls:// port"]);
+    let server_err = outcomes.recv_timeout(Duration::from_secs(20)).unwrap().unwrap_err();
     assert_mentions("plain server", &server_err, &["speaks TLS"]);
 }
 
@@ -504,17 +374,10 @@ fn a_silent_client_does_not_hold_up_others() {
         let c = TlsConnection::connect(&addr2, "localhost", good, TIMEOUT, MAX, MAX).unwrap();
         echo(&c).unwrap();
     });
-    let mut got = [
-        outcomes.recv_timeout(Duration::from_secs(20)).unwrap(),
-        outcomes.recv_timeout(Duration::from_secs(20)).unwrap(),
-    ];
+    let mut got = [outcomes.recv_timeout(Duration::from_secs(20)).unwrap(), outcomes.recv_timeout(Duration::from_secs(20)).unwrap()];
     got.sort_by_key(|o| o.is_err());
     assert_eq!(got[0], Ok(Some("alice".into())));
-    assert_mentions(
-        "silent",
-        got[1].as_ref().unwrap_err(),
-        &["did not complete the TLS handshake within"],
-    );
+    assert_mentions("silent", got[1].as_ref().unwrap_err(), &["did not complete the TLS handshake within"]);
     drop(silent);
 }
 
@@ -527,25 +390,19 @@ fn frames_over_the_limit_are_refused() {
     within(30, move || {
         let server = thread::spawn(move || accept_one(&listener));
         // The client accepts at most 1 KiB.
-        let client =
-            TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, 1024, 1024).unwrap();
+        let client = TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, 1024, 1024).unwrap();
         let server = server.join().unwrap();
 
         client.send(&[&raw(&[7u8; 1000])]).unwrap();
         assert_eq!(server.recv().unwrap().len(), 1000);
         server.send(&[&raw(&[8u8; 2000])]).unwrap();
         match client.recv() {
-            Err(TransportError::Frame(FrameError::TooLarge {
-                len: 2000,
-                max: 1024,
-            })) => {}
+            Err(TransportError::Frame(FrameError::TooLarge { len: 2000, max: 1024 })) => {}
             other => panic!("expected TooLarge, got {other:?}"),
         }
 
         let big = vec![9u8; 100 << 10];
-        client
-            .send(&[&Frame::from_bytes(Route::Oneway, big.into())])
-            .unwrap();
+        client.send(&[&Frame::from_bytes(Route::Oneway, big.into())]).unwrap();
         match server.recv() {
             Err(TransportError::Frame(FrameError::TooLarge { len, max })) => {
                 assert_eq!((len, max), (100 << 10, 64 << 10));
@@ -562,9 +419,7 @@ fn shutdown_unblocks_a_blocked_recv() {
     let client_cfg = pki.client("alice");
     within(30, move || {
         let server = thread::spawn(move || Arc::new(accept_one(&listener)));
-        let client = Arc::new(
-            TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, MAX, MAX).unwrap(),
-        );
+        let client = Arc::new(TlsConnection::connect(&addr, "localhost", client_cfg, TIMEOUT, MAX, MAX).unwrap());
         let server = server.join().unwrap();
         // Server side: complete the handshake, then block in recv.
         assert_eq!(server.peer().identity.as_deref(), Some("alice"));

@@ -93,18 +93,16 @@ pub struct CertificateSet {
 /// refuses to replace an existing file.
 fn write_new(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
     let err = |source| TlsError::File { path: path.display().to_string(), source };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                TlsError::Exists(format!("{} already exists; farcall certs never overwrites certificates or keys: remove it first, or choose another --out", path.display()))
-            } else {
-                err(e)
-            }
-        })?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(if private { 0o600 } else { 0o644 }).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            TlsError::Exists(format!(
+                "{} already exists; farcall certs never overwrites certificates or keys: remove it first, or choose another --out",
+                path.display()
+            ))
+        } else {
+            err(e)
+        }
+    })?;
     f.write_all(text.as_bytes()).map_err(err)
 }
 

@@ -86,10 +86,7 @@ pub struct Issued {
 impl Issued {
     /// The pair as used by [`server_config`] and [`client_config`].
     pub fn pem_pair(&self) -> PemPair {
-        PemPair {
-            cert: self.cert_pem.clone(),
-            key: self.key_pem.clone(),
-        }
+        PemPair { cert: self.cert_pem.clone(), key: self.key_pem.clone() }
     }
 }
 
@@ -121,22 +118,14 @@ impl Authority {
         validity(&mut params, now - Duration::hours(1), now + Duration::days(3650));
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(Authority {
-            cert_pem: cert.pem(),
-            key_pem,
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Authority { cert_pem: cert.pem(), key_pem, issuer: Issuer::new(params, key) })
     }
 
     /// An existing CA from its certificate and key (PEM).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Authority {
-            issuer,
-            cert_pem: cert_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
-        })
+        Ok(Authority { issuer, cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned() })
     }
 
     /// The CA certificate, PEM (the `ca` of clients, the `client_ca` of servers).
@@ -153,7 +142,13 @@ impl Authority {
     /// become IP subject alternative names).
     pub fn issue_server(&self, names: &[String]) -> Result<Issued, TlsError> {
         let now = OffsetDateTime::now_utc();
-        self.issue(names.first().map(String::as_str).unwrap_or("farcall server"), names, ExtendedKeyUsagePurpose::ServerAuth, now - Duration::hours(1), now + Duration::days(DEFAULT_VALIDITY_DAYS))
+        self.issue(
+            names.first().map(String::as_str).unwrap_or("farcall server"),
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now - Duration::hours(1),
+            now + Duration::days(DEFAULT_VALIDITY_DAYS),
+        )
     }
 
     /// A client certificate whose identity is `name`.
@@ -168,7 +163,14 @@ impl Authority {
         self.issue(name, &[name.to_owned()], ExtendedKeyUsagePurpose::ClientAuth, not_before, not_after)
     }
 
-    fn issue(&self, common_name: &str, names: &[String], usage: ExtendedKeyUsagePurpose, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<Issued, TlsError> {
+    fn issue(
+        &self,
+        common_name: &str,
+        names: &[String],
+        usage: ExtendedKeyUsagePurpose,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, TlsError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, common_name);
@@ -184,10 +186,7 @@ impl Authority {
         params.extended_key_usages = vec![usage];
         validity(&mut params, not_before, not_after);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -224,7 +223,10 @@ pub fn server_config(identity: &PemPair, client_ca_pem: &[u8], alpn: &[&[u8]]) -
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs_from_pem("server certificate", identity.cert.as_bytes())?, key_from_pem("server key", identity.key.as_bytes())?)
+        .with_single_cert(
+            certs_from_pem("server certificate", identity.cert.as_bytes())?,
+            key_from_pem("server key", identity.key.as_bytes())?,
+        )
         .map_err(|e| TlsError::Config(format!("server certificate and key: {e}")))?;
     // No resumption: every connection proves its client certificate afresh,
     // so a certificate that expires or is replaced cannot ride on a ticket.
@@ -243,7 +245,10 @@ pub fn client_config(ca_pem: &[u8], identity: Option<&PemPair>, alpn: &[&[u8]]) 
         .with_root_certificates(roots("CA", ca_pem)?);
     let mut config = match identity {
         Some(id) => builder
-            .with_client_auth_cert(certs_from_pem("client certificate", id.cert.as_bytes())?, key_from_pem("client key", id.key.as_bytes())?)
+            .with_client_auth_cert(
+                certs_from_pem("client certificate", id.cert.as_bytes())?,
+                key_from_pem("client key", id.key.as_bytes())?,
+            )
             .map_err(|e| TlsError::Config(format!("client certificate and key: {e}")))?,
         None => builder.with_no_client_auth(),
     };

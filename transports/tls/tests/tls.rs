@@ -9,7 +9,13 @@ use rustls::{ClientConnection, ServerConnection};
 use time::{Duration, OffsetDateTime};
 
 /// Runs a handshake in memory; returns the server's view of the client's identity.
-fn handshake(ca: &Authority, server: &Issued, client_ca: &Authority, client: Option<&Issued>, name: &str) -> Result<Option<String>, String> {
+fn handshake(
+    ca: &Authority,
+    server: &Issued,
+    client_ca: &Authority,
+    client: Option<&Issued>,
+    name: &str,
+) -> Result<Option<String>, String> {
     let sc = server_config(&server.pem_pair(), client_ca.cert_pem().as_bytes(), &[]).unwrap();
     let cc = client_config(ca.cert_pem().as_bytes(), client.map(|c| c.pem_pair()).as_ref(), &[]).unwrap();
     let mut s = ServerConnection::new(sc).unwrap();
@@ -99,8 +105,14 @@ fn certificate_sets_on_disk_keep_keys_private_and_never_replace_a_ca() {
     assert_eq!(std::fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_before);
     // carol's certificate chains to the same CA.
     let ca = Authority::from_pem(&ca_before, &std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
-    let server = Issued { cert_pem: std::fs::read_to_string(dir.join("server.pem")).unwrap(), key_pem: std::fs::read_to_string(dir.join("server.key")).unwrap() };
-    let carol = Issued { cert_pem: std::fs::read_to_string(dir.join("carol.pem")).unwrap(), key_pem: std::fs::read_to_string(dir.join("carol.key")).unwrap() };
+    let server = Issued {
+        cert_pem: std::fs::read_to_string(dir.join("server.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("server.key")).unwrap(),
+    };
+    let carol = Issued {
+        cert_pem: std::fs::read_to_string(dir.join("carol.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("carol.key")).unwrap(),
+    };
     assert_eq!(handshake(&ca, &server, &ca, Some(&carol), "127.0.0.1").unwrap(), Some("carol".into()));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,31 +7,13 @@ use crate::{call, mine, module, reference, session};
 #[test]
 fn missing_module_is_module_not_found_with_traceback() {
     let s = session();
-    let e = s.evaluate(Request::GetModule {
-        name: "no_such_module".into(),
-    });
+    let e = s.evaluate(Request::GetModule { name: "no_such_module".into() });
     let e = e.unwrap_err();
-    assert_eq!(
-        (e.type_module.as_str(), e.type_name.as_str()),
-        ("builtins", "ModuleNotFoundError")
-    );
+    assert_eq!((e.type_module.as_str(), e.type_name.as_str()), ("builtins", "ModuleNotFoundError"));
     assert_eq!(e.message, "No module named 'no_such_module'");
-    assert_eq!(
-        e.args,
-        vec![Value::Str("No module named 'no_such_module'".into())]
-    );
-    assert!(
-        e.traceback
-            .starts_with("Traceback (most recent call last):"),
-        "{}",
-        e.traceback
-    );
-    assert!(
-        e.traceback
-            .contains("ModuleNotFoundError: No module named 'no_such_module'"),
-        "{}",
-        e.traceback
-    );
+    assert_eq!(e.args, vec![Value::Str("No module named 'no_such_module'".into())]);
+    assert!(e.traceback.starts_with("Traceback (most recent call last):"), "{}", e.traceback);
+    assert!(e.traceback.contains("ModuleNotFoundError: No module named 'no_such_module'"), "{}", e.traceback);
 }
 
 #[test]
@@ -41,11 +23,7 @@ fn math_domain_error_is_value_error() {
     let e = call(&*s, &math, "sqrt", vec![Value::Int(-1)]).unwrap_err();
     assert_eq!(e.qualified_type(), "builtins.ValueError");
     assert_eq!(e.message, "math domain error");
-    assert!(
-        e.traceback.contains("ValueError: math domain error"),
-        "{}",
-        e.traceback
-    );
+    assert!(e.traceback.contains("ValueError: math domain error"), "{}", e.traceback);
 }
 
 #[test]
@@ -56,12 +34,7 @@ fn exception_from_python_code_names_its_frames_and_module() {
     assert_eq!(e.qualified_type(), "json.decoder.JSONDecodeError");
     assert!(e.traceback.contains("json/decoder.py"), "{}", e.traceback);
     assert_eq!(e.args, vec![Value::Str(e.message.clone())]);
-    assert!(
-        e.message
-            .starts_with("Expecting property name enclosed in double quotes"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("Expecting property name enclosed in double quotes"), "{}", e.message);
 }
 
 #[test]
@@ -71,13 +44,7 @@ fn exception_args_that_are_not_values_travel_as_repr() {
     let operator = module(&*s, "operator");
     let d = reference(call(&*s, &builtins, "dict", vec![]).unwrap());
     let key = reference(call(&*s, &builtins, "list", vec![]).unwrap());
-    let e = call(
-        &*s,
-        &operator,
-        "getitem",
-        vec![mine(d.id), Value::Tuple(vec![Value::Int(1), mine(key.id)])],
-    )
-    .unwrap_err();
+    let e = call(&*s, &operator, "getitem", vec![mine(d.id), Value::Tuple(vec![Value::Int(1), mine(key.id)])]).unwrap_err();
     assert_eq!(e.qualified_type(), "builtins.TypeError");
     let obj = reference(call(&*s, &builtins, "object", vec![]).unwrap());
     let e = call(&*s, &operator, "getitem", vec![mine(d.id), mine(obj.id)]).unwrap_err();
@@ -91,18 +58,9 @@ fn exception_args_that_are_not_values_travel_as_repr() {
 #[test]
 fn unknown_reference_is_a_protocol_error() {
     let s = session();
-    let e = s
-        .evaluate(Request::GetAttr {
-            target: Target::object(999_999),
-            name: "x".into(),
-        })
-        .unwrap_err();
+    let e = s.evaluate(Request::GetAttr { target: Target::object(999_999), name: "x".into() }).unwrap_err();
     assert_eq!(e.qualified_type(), "farcall.ProtocolError");
-    assert!(
-        e.message.contains("not (or no longer) valid"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("not (or no longer) valid"), "{}", e.message);
     // Also as an argument.
     let builtins = module(&*s, "builtins");
     let e = call(&*s, &builtins, "len", vec![mine(999_999)]).unwrap_err();
@@ -116,9 +74,7 @@ fn client_objects_by_reference_are_refused() {
     let theirs = Value::SenderObject(farcall_core::RefDesc::new(1, "builtins.list"));
     let e = call(&*s, &builtins, "len", vec![theirs]).unwrap_err();
     assert_eq!(e.qualified_type(), "farcall.ProtocolError");
-    assert!(e
-        .message
-        .contains("passing local objects by reference is not supported yet"));
+    assert!(e.message.contains("passing local objects by reference is not supported yet"));
 }
 
 #[test]
@@ -130,8 +86,5 @@ fn system_exit_and_keyboard_interrupt_are_just_exceptions() {
     assert_eq!(e.args, vec![Value::Int(3)]);
     // The interpreter is still there.
     let math = module(&*s, "math");
-    assert_eq!(
-        call(&*s, &math, "floor", vec![Value::Float(2.5)]).unwrap(),
-        Value::Int(2)
-    );
+    assert_eq!(call(&*s, &math, "floor", vec![Value::Float(2.5)]).unwrap(), Value::Int(2));
 }

@@ -10,9 +10,7 @@ mod values;
 use std::sync::OnceLock;
 
 use farcall_backend_embedded::EmbeddedEvaluator;
-use farcall_core::{
-    EvalSession, Evaluator, PeerInfo, RefDesc, RemoteException, Request, SessionInfo, Target, Value,
-};
+use farcall_core::{EvalSession, Evaluator, PeerInfo, RefDesc, RemoteException, Request, SessionInfo, Target, Value};
 
 /// The process's evaluator (the interpreter is started once anyway).
 pub fn evaluator() -> &'static dyn Evaluator {
@@ -22,14 +20,7 @@ pub fn evaluator() -> &'static dyn Evaluator {
 
 /// A fresh session.
 pub fn session() -> Box<dyn EvalSession> {
-    let info = SessionInfo {
-        id: 0,
-        peer: PeerInfo {
-            transport: "memory",
-            address: "test".into(),
-            identity: None,
-        },
-    };
+    let info = SessionInfo { id: 0, peer: PeerInfo { transport: "memory", address: "test".into(), identity: None } };
     evaluator().open(&info).expect("a session opens")
 }
 
@@ -43,19 +34,11 @@ pub fn reference(v: Value) -> RefDesc {
 
 /// `GetModule(name)`, which must succeed.
 pub fn module(s: &dyn EvalSession, name: &str) -> RefDesc {
-    reference(
-        s.evaluate(Request::GetModule { name: name.into() })
-            .expect("module imports"),
-    )
+    reference(s.evaluate(Request::GetModule { name: name.into() }).expect("module imports"))
 }
 
 /// `module.path...(*args)`.
-pub fn call(
-    s: &dyn EvalSession,
-    module: &RefDesc,
-    path: &str,
-    args: Vec<Value>,
-) -> Result<Value, RemoteException> {
+pub fn call(s: &dyn EvalSession, module: &RefDesc, path: &str, args: Vec<Value>) -> Result<Value, RemoteException> {
     call_kw(s, module, path, args, vec![])
 }
 
@@ -68,10 +51,7 @@ pub fn call_kw(
     kwargs: Vec<(&str, Value)>,
 ) -> Result<Value, RemoteException> {
     s.evaluate(Request::Call {
-        target: Target {
-            id: module.id,
-            path: path.split('.').map(str::to_owned).collect(),
-        },
+        target: Target { id: module.id, path: path.split('.').map(str::to_owned).collect() },
         args,
         kwargs: kwargs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     })

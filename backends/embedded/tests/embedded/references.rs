@@ -8,40 +8,15 @@ use crate::{call, mine, module, reference, session, stats};
 fn a_list_is_a_reference_that_can_be_passed_back() {
     let s = session();
     let builtins = module(&*s, "builtins");
-    let list = reference(
-        call(
-            &*s,
-            &builtins,
-            "list",
-            vec![Value::Tuple(vec![
-                Value::Int(1),
-                Value::Int(2),
-                Value::Int(3),
-            ])],
-        )
-        .unwrap(),
-    );
+    let list = reference(call(&*s, &builtins, "list", vec![Value::Tuple(vec![Value::Int(1), Value::Int(2), Value::Int(3)])]).unwrap());
     assert_eq!(list.type_name, "builtins.list");
     assert_eq!(list.flags, 0);
-    assert_eq!(
-        call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(),
-        Value::Int(3)
-    );
+    assert_eq!(call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(), Value::Int(3));
     // A method through the target path.
-    let target = Target {
-        id: list.id,
-        path: vec!["append".into()],
-    };
-    let append = Request::Call {
-        target,
-        args: vec![Value::Int(4)],
-        kwargs: vec![],
-    };
+    let target = Target { id: list.id, path: vec!["append".into()] };
+    let append = Request::Call { target, args: vec![Value::Int(4)], kwargs: vec![] };
     assert_eq!(s.evaluate(append).unwrap(), Value::None);
-    assert_eq!(
-        call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(),
-        Value::Int(4)
-    );
+    assert_eq!(call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(), Value::Int(4));
 }
 
 #[test]
@@ -49,9 +24,7 @@ fn releases_bring_the_table_back() {
     let s = session();
     let builtins = module(&*s, "builtins");
     let (live0, total0) = stats(&*s);
-    let ids: Vec<u64> = (0..10_000)
-        .map(|_| reference(call(&*s, &builtins, "object", vec![]).unwrap()).id)
-        .collect();
+    let ids: Vec<u64> = (0..10_000).map(|_| reference(call(&*s, &builtins, "object", vec![]).unwrap()).id).collect();
     let (live, total) = stats(&*s);
     assert_eq!(live, live0 + 10_000);
     assert_eq!(total, total0 + 10_000);
@@ -63,16 +36,7 @@ fn releases_bring_the_table_back() {
     // Released ids are gone for good; unknown and excess releases are ignored.
     let e = call(&*s, &builtins, "len", vec![mine(ids[0])]).unwrap_err();
     assert_eq!(e.qualified_type(), "farcall.ProtocolError");
-    s.release(&[
-        Release {
-            id: ids[0],
-            count: 5,
-        },
-        Release {
-            id: 12_345_678,
-            count: 1,
-        },
-    ]);
+    s.release(&[Release { id: ids[0], count: 5 }, Release { id: 12_345_678, count: 1 }]);
     assert_eq!(stats(&*s).0, live0);
 }
 
@@ -83,28 +47,13 @@ fn an_object_sent_twice_needs_two_releases() {
     let (live0, _) = stats(&*s);
     let list = reference(call(&*s, &builtins, "list", vec![]).unwrap());
     // `tuple((x, x))` sends the list twice more.
-    let pair = call(
-        &*s,
-        &builtins,
-        "tuple",
-        vec![Value::Tuple(vec![mine(list.id), mine(list.id)])],
-    )
-    .unwrap();
+    let pair = call(&*s, &builtins, "tuple", vec![Value::Tuple(vec![mine(list.id), mine(list.id)])]).unwrap();
     let Value::Tuple(items) = pair else { panic!() };
     assert!(items.iter().all(|i| reference(i.clone()).id == list.id));
     assert_eq!(stats(&*s).0, live0 + 1);
-    s.release(&[Release {
-        id: list.id,
-        count: 2,
-    }]);
-    assert_eq!(
-        call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(),
-        Value::Int(0)
-    );
-    s.release(&[Release {
-        id: list.id,
-        count: 1,
-    }]);
+    s.release(&[Release { id: list.id, count: 2 }]);
+    assert_eq!(call(&*s, &builtins, "len", vec![mine(list.id)]).unwrap(), Value::Int(0));
+    s.release(&[Release { id: list.id, count: 1 }]);
     assert_eq!(stats(&*s).0, live0);
 }
 
@@ -115,11 +64,7 @@ fn sessions_do_not_see_each_other() {
     let builtins_a = module(&*a, "builtins");
     let list = reference(call(&*a, &builtins_a, "list", vec![]).unwrap());
     assert_eq!(stats(&*b), (0, 0));
-    let e = b
-        .evaluate(Request::Repr {
-            target: Target::object(list.id),
-        })
-        .unwrap_err();
+    let e = b.evaluate(Request::Repr { target: Target::object(list.id) }).unwrap_err();
     assert_eq!(e.qualified_type(), "farcall.ProtocolError");
     // Dropping a session drops its objects; the other goes on.
     let weakref = module(&*a, "weakref");
@@ -128,29 +73,14 @@ fn sessions_do_not_see_each_other() {
     let builtins_b = module(&*b, "builtins");
     // Hand the weak reference to session b through a module attribute.
     let sys_a = module(&*a, "sys");
-    let set = Request::SetAttr {
-        target: Target::object(sys_a.id),
-        name: "_farcall_test_weak".into(),
-        value: mine(weak.id),
-    };
+    let set = Request::SetAttr { target: Target::object(sys_a.id), name: "_farcall_test_weak".into(), value: mine(weak.id) };
     a.evaluate(set).unwrap();
     drop(a);
     let sys_b = module(&*b, "sys");
     let dead = call(&*b, &sys_b, "_farcall_test_weak", vec![]).unwrap();
-    assert_eq!(
-        dead,
-        Value::None,
-        "the session's set was freed when it closed"
-    );
-    b.evaluate(Request::DelAttr {
-        target: Target::object(sys_b.id),
-        name: "_farcall_test_weak".into(),
-    })
-    .unwrap();
-    assert_eq!(
-        call(&*b, &builtins_b, "len", vec![Value::Tuple(vec![])]).unwrap(),
-        Value::Int(0)
-    );
+    assert_eq!(dead, Value::None, "the session's set was freed when it closed");
+    b.evaluate(Request::DelAttr { target: Target::object(sys_b.id), name: "_farcall_test_weak".into() }).unwrap();
+    assert_eq!(call(&*b, &builtins_b, "len", vec![Value::Tuple(vec![])]).unwrap(), Value::Int(0));
 }
 
 #[test]
@@ -168,10 +98,7 @@ fn concurrent_calls_on_one_session() {
                     assert_eq!(v, Value::Float((x * x) as f64));
                     if i % 10 == 0 {
                         let list = reference(call(s, builtins, "list", vec![]).unwrap());
-                        s.release(&[Release {
-                            id: list.id,
-                            count: 1,
-                        }]);
+                        s.release(&[Release { id: list.id, count: 1 }]);
                     }
                 }
             });
@@ -190,22 +117,12 @@ fn a_blocked_call_does_not_hold_up_the_session() {
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             s.evaluate(Request::Call {
-                target: Target {
-                    id: event.id,
-                    path: vec!["wait".into()],
-                },
+                target: Target { id: event.id, path: vec!["wait".into()] },
                 args: vec![Value::Float(60.0)],
                 kwargs: vec![],
             })
         });
-        let set = Request::Call {
-            target: Target {
-                id: event.id,
-                path: vec!["set".into()],
-            },
-            args: vec![],
-            kwargs: vec![],
-        };
+        let set = Request::Call { target: Target { id: event.id, path: vec!["set".into()] }, args: vec![], kwargs: vec![] };
         s.evaluate(set).unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), Value::Bool(true));
     });

@@ -47,45 +47,18 @@ fn big_integers() {
     let s = session();
     let operator = module(&*s, "operator");
     let builtins = module(&*s, "builtins");
-    assert_eq!(
-        call(&*s, &operator, "neg", vec![two_pow_200(false)]).unwrap(),
-        two_pow_200(true)
-    );
-    assert_eq!(
-        call(&*s, &operator, "neg", vec![two_pow_200(true)]).unwrap(),
-        two_pow_200(false)
-    );
-    assert_eq!(
-        call(&*s, &builtins, "int", vec![two_pow_200(true)]).unwrap(),
-        two_pow_200(true)
-    );
+    assert_eq!(call(&*s, &operator, "neg", vec![two_pow_200(false)]).unwrap(), two_pow_200(true));
+    assert_eq!(call(&*s, &operator, "neg", vec![two_pow_200(true)]).unwrap(), two_pow_200(false));
+    assert_eq!(call(&*s, &builtins, "int", vec![two_pow_200(true)]).unwrap(), two_pow_200(true));
     // 2**200 computed in Python.
-    assert_eq!(
-        call(&*s, &builtins, "pow", vec![Value::Int(2), Value::Int(200)]).unwrap(),
-        two_pow_200(false)
-    );
+    assert_eq!(call(&*s, &builtins, "pow", vec![Value::Int(2), Value::Int(200)]).unwrap(), two_pow_200(false));
     // Just outside the 64-bit range: 2**63 takes 9 bytes (a sign byte).
     let mut b = vec![0u8; 9];
     b[7] = 0x80;
     let two_pow_63 = Value::BigInt(Bytes::from(b));
-    assert_eq!(
-        call(
-            &*s,
-            &operator,
-            "add",
-            vec![Value::Int(i64::MAX), Value::Int(1)]
-        )
-        .unwrap(),
-        two_pow_63
-    );
-    assert_eq!(
-        call(&*s, &operator, "neg", vec![Value::Int(i64::MIN)]).unwrap(),
-        two_pow_63
-    );
-    assert_eq!(
-        call(&*s, &operator, "neg", vec![two_pow_63]).unwrap(),
-        Value::Int(i64::MIN)
-    );
+    assert_eq!(call(&*s, &operator, "add", vec![Value::Int(i64::MAX), Value::Int(1)]).unwrap(), two_pow_63);
+    assert_eq!(call(&*s, &operator, "neg", vec![Value::Int(i64::MIN)]).unwrap(), two_pow_63);
+    assert_eq!(call(&*s, &operator, "neg", vec![two_pow_63]).unwrap(), Value::Int(i64::MIN));
 }
 
 #[test]
@@ -93,16 +66,8 @@ fn one_mebibyte_of_bytes() {
     let s = session();
     let operator = module(&*s, "operator");
     let pattern: Vec<u8> = (0..=255u8).collect();
-    let big = call(
-        &*s,
-        &operator,
-        "mul",
-        vec![Value::Bytes(pattern.clone().into()), Value::Int(4096)],
-    )
-    .unwrap();
-    let Value::Bytes(big) = big else {
-        panic!("expected bytes, got {big:?}")
-    };
+    let big = call(&*s, &operator, "mul", vec![Value::Bytes(pattern.clone().into()), Value::Int(4096)]).unwrap();
+    let Value::Bytes(big) = big else { panic!("expected bytes, got {big:?}") };
     assert_eq!(big.len(), 1 << 20);
     assert!(big.chunks(256).all(|c| c == pattern.as_slice()));
     // The buffer outlives the session and may be dropped on a thread that
@@ -117,13 +82,7 @@ fn one_mebibyte_of_bytes() {
     // Small ones are copied.
     let s = session();
     let operator = module(&*s, "operator");
-    let small = call(
-        &*s,
-        &operator,
-        "mul",
-        vec![Value::Bytes(b"ab"[..].into()), Value::Int(3)],
-    )
-    .unwrap();
+    let small = call(&*s, &operator, "mul", vec![Value::Bytes(b"ab"[..].into()), Value::Int(3)]).unwrap();
     assert_eq!(small, Value::Bytes(b"ababab"[..].into()));
 }
 
@@ -133,10 +92,7 @@ fn subclasses_of_simple_types_travel_by_reference() {
     let http = module(&*s, "http");
     let ok = reference(
         s.evaluate(farcall_core::Request::GetAttr {
-            target: farcall_core::Target {
-                id: http.id,
-                path: vec!["HTTPStatus".into()],
-            },
+            target: farcall_core::Target { id: http.id, path: vec!["HTTPStatus".into()] },
             name: "OK".into(),
         })
         .unwrap(),
@@ -151,22 +107,10 @@ fn tuples_carry_references_and_frozensets_only_values() {
     let builtins = module(&*s, "builtins");
     let math = module(&*s, "math");
     // (1, <list>)
-    let t = call(
-        &*s,
-        &builtins,
-        "tuple",
-        vec![Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])])],
-    )
-    .unwrap();
+    let t = call(&*s, &builtins, "tuple", vec![Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])])]).unwrap();
     assert_eq!(t, Value::Tuple(vec![Value::Int(1), Value::Tuple(vec![])]));
     let list = reference(call(&*s, &builtins, "list", vec![]).unwrap());
-    let t = call(
-        &*s,
-        &builtins,
-        "tuple",
-        vec![Value::Tuple(vec![Value::Int(1), crate::mine(list.id)])],
-    )
-    .unwrap();
+    let t = call(&*s, &builtins, "tuple", vec![Value::Tuple(vec![Value::Int(1), crate::mine(list.id)])]).unwrap();
     match t {
         Value::Tuple(items) => {
             assert_eq!(items[0], Value::Int(1));
@@ -175,21 +119,9 @@ fn tuples_carry_references_and_frozensets_only_values() {
         other => panic!("{other:?}"),
     }
     // A frozenset holding a module: the whole set is a reference.
-    let fs = call(
-        &*s,
-        &builtins,
-        "frozenset",
-        vec![Value::Tuple(vec![Value::Int(1), crate::mine(math.id)])],
-    )
-    .unwrap();
+    let fs = call(&*s, &builtins, "frozenset", vec![Value::Tuple(vec![Value::Int(1), crate::mine(math.id)])]).unwrap();
     assert_eq!(reference(fs).type_name, "builtins.frozenset");
-    let fs = call(
-        &*s,
-        &builtins,
-        "frozenset",
-        vec![Value::Tuple(vec![Value::Int(1), Value::Str("a".into())])],
-    )
-    .unwrap();
+    let fs = call(&*s, &builtins, "frozenset", vec![Value::Tuple(vec![Value::Int(1), Value::Str("a".into())])]).unwrap();
     match fs {
         Value::FrozenSet(mut items) => {
             items.sort_by_key(|v| matches!(v, Value::Str(_)));
