@@ -141,8 +141,7 @@ fn parse_address(address: &str) -> Result<(&str, &str), ClientError> {
         return Err(bad("expected host:port"));
     }
     match scheme {
-        "tcp" | "tls" => Ok((scheme, rest)),
-        "quic" => Err(bad("quic:// is not available in this build yet")),
+        "tcp" | "tls" | "quic" => Ok((scheme, rest)),
         _ => Err(bad("unknown scheme; use tcp://, tls:// or quic://")),
     }
 }
@@ -158,11 +157,17 @@ impl Client {
         let failed = |source| ClientError::Connect { address: address.into(), source };
         let conn: Box<dyn Connection> = match scheme {
             "tcp" => Box::new(farcall_transport_tcp::TcpConnection::connect(hostport, timeout, max, retain).map_err(failed)?),
-            _ => {
+            "tls" => {
                 let (config, server_name) = tls_config(address, hostport, options)?;
                 Box::new(
                     farcall_transport_tcp::TlsConnection::connect(hostport, &server_name, config, timeout, max, retain).map_err(failed)?,
                 )
+            }
+            _ => {
+                let (config, server_name) = tls_config(address, hostport, options)?;
+                let conn = farcall_transport_quic::QuicConnection::connect(hostport, &server_name, config, timeout, max).map_err(failed)?;
+                conn.set_max_retained_buffer(retain);
+                Box::new(conn)
             }
         };
         Self::over(conn, options)

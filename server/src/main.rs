@@ -103,7 +103,7 @@ fn bind(url: &ListenUrl, config: &ServerConfig, max_frame: usize) -> Result<Box<
     Ok(match url.scheme {
         Scheme::Tcp => Box::new(farcall_transport_tcp::TcpListener::bind(&addr, max_frame)?),
         Scheme::Tls => Box::new(farcall_transport_tcp::TlsListener::bind(&addr, server_tls(config)?, max_frame)?),
-        Scheme::Quic => bail!("{url}: quic:// listeners are not available in this build yet"),
+        Scheme::Quic => Box::new(farcall_transport_quic::QuicListener::bind(&addr, server_tls(config)?, max_frame)?),
     })
 }
 

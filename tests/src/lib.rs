@@ -57,6 +57,9 @@ macro_rules! per_transport {
         mod tls {
             $( #[test] fn $test() { super::$test($crate::Transport::Tls) } )*
         }
+        mod quic {
+            $( #[test] fn $test() { super::$test($crate::Transport::Quic) } )*
+        }
     };
 }
 
@@ -163,7 +166,10 @@ impl TestServer {
                 let config = TestCerts::get().server_config(cert);
                 Box::new(farcall_transport_tcp::TlsListener::bind("127.0.0.1:0", config, max).expect("bind tls"))
             }
-            Transport::Quic => panic!("quic:// is not wired into the test harness yet"),
+            Transport::Quic => {
+                let config = TestCerts::get().server_config(cert);
+                Box::new(farcall_transport_quic::QuicListener::bind("127.0.0.1:0", config, max).expect("bind quic"))
+            }
         };
         let url = listener.local_url();
         let addr = url.split_once("://").expect("url").1.to_owned();

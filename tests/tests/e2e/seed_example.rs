@@ -1,7 +1,6 @@
 // The Rust client example (client/examples/seed.rs) run against a real server.
 
-#[path = "../../../client/examples/seed.rs"]
-mod seed;
+use crate::seed;
 
 use farcall_tests::{embedded, per_transport, TestServer, Transport};
 
@@ -14,6 +13,4 @@ fn the_rust_example_runs_against_a_real_server(t: Transport) {
     assert!(lines.iter().any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"), "{lines:?}");
 }
 
-per_transport!(
-    the_rust_example_runs_against_a_real_server,
-);
+per_transport!(the_rust_example_runs_against_a_real_server,);

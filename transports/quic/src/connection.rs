@@ -14,11 +14,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use farcall_core::codec::peek_route;
 use farcall_core::{Connection, Frame, PeerInfo, RequestId, Route, TransportError};
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{ConnectError, ConnectionError, Endpoint, EndpointConfig, RecvStream, SendStream, TokioRuntime, VarInt, WriteError};
+use quinn::{ConnectError, ConnectionError, Endpoint, EndpointConfig, RecvStream, SendStream, VarInt, WriteError};
 use rustls_pki_types::CertificateDer;
 
-use crate::reader::{Cell, HeadEnd, Hub, Kind, Reader, BARRIER_LEN};
-use crate::{connection_error, lock, runtime, size_socket_buffers, transport_config, ALPN};
+use crate::drive::{Driver, DriverUse};
+use crate::reader::{BufferPool, Cell, HeadEnd, Hub, Kind, Reader, BARRIER_LEN};
+use crate::{connection_error, in_async_context, lock, size_socket_buffers, transport_config, ALPN};
 
 /// Chunks shorter than this are copied together with the length prefixes
 /// into one buffer; longer ones are handed to quinn as they are (no copy).
@@ -27,10 +28,16 @@ const COALESCE_MAX: usize = 4096;
 /// How long [`Connection::shutdown`] waits, at most, for the peer to
 /// acknowledge what was written just before it (a handshake refusal, a last
 /// reply), so that closing does not discard it.
-const LINGER: Duration = Duration::from_secs(1);
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Writes older than this are taken as delivered: `shutdown` does not wait.
 const LINGER_WINDOW: Duration = Duration::from_secs(2);
+
+/// The receive buffer a connection keeps between large frames, at most
+/// (see [`QuicConnection::set_max_retained_buffer`]).
+pub const DEFAULT_MAX_RETAINED: usize = 16 << 20;
+/// The same for accepted connections: a server has many, so it keeps less.
+const SERVER_MAX_RETAINED: usize = 4 << 20;
 
 /// The application error code of an orderly close.
 const CLOSE_CODE: u32 = 0;
@@ -54,10 +61,7 @@ struct SlotState {
 
 impl ReplySlot {
     fn new(stream: Option<SendStream>) -> Self {
-        ReplySlot {
-            state: tokio::sync::Mutex::new(SlotState { stream, header_sent: false }),
-            pending: AtomicUsize::new(0),
-        }
+        ReplySlot { state: tokio::sync::Mutex::new(SlotState { stream, header_sent: false }), pending: AtomicUsize::new(0) }
     }
 }
 
@@ -86,6 +90,8 @@ pub struct QuicConnection {
     replies: Mutex<HashMap<RequestId, Arc<ReplySlot>>>,
     /// A connection made by `connect` owns its endpoint (its UDP socket).
     _endpoint: Option<Endpoint>,
+    /// The runtime its I/O runs on (last: dropped after everything else).
+    driver: DriverUse,
 }
 
 impl std::fmt::Debug for QuicConnection {
@@ -126,40 +132,31 @@ impl QuicConnection {
         timeout: Option<Duration>,
         max_frame: usize,
     ) -> Result<QuicConnection, TransportError> {
-        let rt = runtime()?;
         let context = format!("connecting to quic://{addr}");
-        let targets: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| TransportError::io(format!("resolving {addr}"), e))?
-            .collect();
+        let targets: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| TransportError::io(format!("resolving {addr}"), e))?.collect();
         if targets.is_empty() {
-            return Err(TransportError::io(
-                format!("resolving {addr}"),
-                io::Error::new(io::ErrorKind::NotFound, "no address"),
-            ));
+            return Err(TransportError::io(format!("resolving {addr}"), io::Error::new(io::ErrorKind::NotFound, "no address")));
         }
         let mut tls = (*client_config).clone();
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicClientConfig::try_from(tls).map_err(|e| {
-            TransportError::Config(format!("the TLS client configuration cannot be used for QUIC: {e}"))
-        })?;
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Config(format!("the TLS client configuration cannot be used for QUIC: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport_config());
+        let driver = Driver::start()?;
 
         let attempt = |target: SocketAddr| {
+            let quinn_runtime = driver.quinn_runtime();
             let config = config.clone();
             let name = server_name.to_owned();
             let context = context.clone();
             async move {
-                let local: SocketAddr = if target.is_ipv4() {
-                    (Ipv4Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                let socket = std::net::UdpSocket::bind(local)
-                    .map_err(|e| TransportError::io(format!("{context}: binding a UDP socket"), e))?;
+                let local: SocketAddr =
+                    if target.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+                let socket =
+                    std::net::UdpSocket::bind(local).map_err(|e| TransportError::io(format!("{context}: binding a UDP socket"), e))?;
                 size_socket_buffers(&socket);
-                let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))
+                let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, quinn_runtime)
                     .map_err(|e| TransportError::io(format!("{context}: starting a QUIC endpoint"), e))?;
                 let connecting = endpoint.connect_with(config, target, &name).map_err(|e| match e {
                     ConnectError::InvalidServerName(n) => TransportError::Config(format!(
@@ -167,7 +164,10 @@ impl QuicConnection {
                     )),
                     other => TransportError::io(context.clone(), io::Error::other(other.to_string())),
                 })?;
-                let conn = connecting.await.map_err(|e| connection_error(&e, "server", &context))?;
+                let conn = connecting.await.map_err(|e| match e {
+                    ConnectionError::TimedOut => no_answer(&context, crate::MAX_IDLE_TIMEOUT),
+                    e => connection_error(&e, "server", &context),
+                })?;
                 Ok::<_, TransportError>((endpoint, conn))
             }
         };
@@ -180,10 +180,14 @@ impl QuicConnection {
             while let Some(joined) = attempts.join_next().await {
                 match joined {
                     Ok(Ok(done)) => return Ok(done),
+                    // Certificates and names fail the same at every address:
+                    // no need to wait for the others.
+                    Ok(Err(e)) if matches!(e, TransportError::Config(_)) || io_kind(&e) == Some(io::ErrorKind::PermissionDenied) => {
+                        return Err(e)
+                    }
                     // Keep the most telling error: any before a timeout.
                     Ok(Err(e)) => {
-                        let timed_out = matches!(&e, TransportError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut);
-                        if error.is_none() || !timed_out {
+                        if error.is_none() || io_kind(&e) != Some(io::ErrorKind::TimedOut) {
                             error = Some(e);
                         }
                     }
@@ -192,30 +196,24 @@ impl QuicConnection {
             }
             Err(error.unwrap_or(TransportError::Closed))
         };
-        let (endpoint, conn) = rt.block_on(async {
+        let (endpoint, conn) = driver.driver().block_on(async {
             match timeout {
                 None => race.await,
-                Some(t) => tokio::time::timeout(t, race).await.unwrap_or_else(|_| {
-                    Err(TransportError::io(
-                        context.clone(),
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no QUIC handshake within {t:?}: is a farcall server listening on that UDP port, and does UDP get through?"),
-                        ),
-                    ))
-                }),
+                Some(t) => tokio::time::timeout(t, race).await.unwrap_or_else(|_| Err(no_answer(&context, t))),
             }
         })?;
-        Ok(QuicConnection::establish(conn, Some(endpoint), max_frame, "server"))
+        Ok(QuicConnection::establish(conn, Some(endpoint), driver, max_frame, "server"))
     }
 
     /// Wraps an established quinn connection.
     pub(crate) fn establish(
         conn: quinn::Connection,
         endpoint: Option<Endpoint>,
+        driver: DriverUse,
         max_frame: usize,
         peer_role: &'static str,
     ) -> QuicConnection {
+        let max_retained = if endpoint.is_some() { DEFAULT_MAX_RETAINED } else { SERVER_MAX_RETAINED };
         let identity = conn
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -230,6 +228,7 @@ impl QuicConnection {
                 accept_bi: Some(accept_bi(&conn)),
                 accept_uni: Some(accept_uni(&conn)),
                 terminal: None,
+                pool: BufferPool::new(max_retained),
             }),
             context: format!("quic://{address}"),
             peer: PeerInfo { transport: "quic", address, identity },
@@ -245,17 +244,22 @@ impl QuicConnection {
             last_stream: Mutex::new(None),
             replies: Mutex::new(HashMap::new()),
             _endpoint: endpoint,
+            driver,
         }
+    }
+
+    /// Keeps a receive buffer of up to `bytes` between frames: frames that
+    /// fit are assembled without faulting in fresh memory each time (larger
+    /// ones get a buffer of their own). Defaults: [`DEFAULT_MAX_RETAINED`]
+    /// for a connection made by [`QuicConnection::connect`], 4 MiB for an
+    /// accepted one.
+    pub fn set_max_retained_buffer(&self, bytes: usize) {
+        lock(&self.recv).pool = BufferPool::new(bytes);
     }
 
     /// The current round-trip time estimate of the connection.
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
-    }
-
-    /// The underlying quinn connection (statistics, diagnostics).
-    pub fn quinn(&self) -> &quinn::Connection {
-        &self.conn
     }
 
     fn conn_error(&self, e: &ConnectionError) -> TransportError {
@@ -332,12 +336,11 @@ impl QuicConnection {
         if !oneway && last.is_none() {
             return;
         }
-        // Not from inside an async context (a drop on a runtime thread).
-        if tokio::runtime::Handle::try_current().is_ok() {
+        // Not from inside an async context (a drop in a runtime task).
+        if in_async_context() {
             return;
         }
-        let Ok(rt) = runtime() else { return };
-        rt.block_on(async {
+        self.driver.driver().block_on(async {
             let _ = tokio::time::timeout(LINGER, async {
                 if oneway {
                     let mut stream = self.oneway.lock().await;
@@ -355,6 +358,24 @@ impl QuicConnection {
     }
 }
 
+fn io_kind(e: &TransportError) -> Option<io::ErrorKind> {
+    match e {
+        TransportError::Io { source, .. } => Some(source.kind()),
+        _ => None,
+    }
+}
+
+/// The error of a handshake that got no answer within `after`.
+fn no_answer(context: &str, after: Duration) -> TransportError {
+    TransportError::io(
+        context,
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no QUIC handshake within {after:?}: is a farcall server listening on that UDP port, and does UDP get through?"),
+        ),
+    )
+}
+
 /// The frames' bytes as chunks for quinn: the barrier header (bidirectional
 /// streams), then for each frame its 4-byte length and its chunks. Small
 /// pieces are gathered into one buffer, large chunks passed as they are.
@@ -365,9 +386,8 @@ fn encode(barrier: Option<u64>, frames: &[&Frame]) -> Result<Vec<Bytes>, Transpo
         small.put_u64(b);
     }
     for f in frames {
-        let len = u32::try_from(f.len()).map_err(|_| {
-            TransportError::io("sending", io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))
-        })?;
+        let len = u32::try_from(f.len())
+            .map_err(|_| TransportError::io("sending", io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB")))?;
         small.put_u32(len);
         for c in f.chunks() {
             if c.len() < COALESCE_MAX {
@@ -391,7 +411,6 @@ impl Connection for QuicConnection {
         if self.closed.load(Ordering::SeqCst) {
             return Err(TransportError::Closed);
         }
-        let rt = runtime()?;
         let mut call = Vec::with_capacity(frames.len());
         let mut has_request = false;
         let mut replies = Vec::new();
@@ -410,22 +429,26 @@ impl Connection for QuicConnection {
                 Route::Oneway => call.push(f),
             }
         }
-        rt.block_on(async {
+        self.driver.driver().block_on(async {
             for (slot, f) in &replies {
                 self.write_reply(slot, f).await?;
             }
-            if call.is_empty() {
-                Ok(())
-            } else if has_request {
-                self.write_call(&call).await
-            } else {
-                self.write_oneway(&call).await
+            if !call.is_empty() {
+                if has_request {
+                    self.write_call(&call).await?;
+                } else {
+                    self.write_oneway(&call).await?;
+                }
             }
+            // When this thread drives the runtime, let the connection's task
+            // encrypt and send the packets now, on this thread.
+            tokio::task::yield_now().await;
+            Ok(())
         })
     }
 
     fn recv(&self) -> Result<Bytes, TransportError> {
-        let rt = runtime()?;
+        let rt = self.driver.driver();
         let timeout = *lock(&self.recv_timeout);
         let mut state = lock(&self.recv);
         let next = std::future::poll_fn(|cx| state.poll_next(cx, self));
@@ -451,6 +474,10 @@ impl Connection for QuicConnection {
         self.hub.wake();
         self.linger();
         self.conn.close(VarInt::from_u32(CLOSE_CODE), b"closed");
+        if !in_async_context() {
+            // Send the close now if this thread can drive the runtime.
+            self.driver.driver().block_on(tokio::task::yield_now());
+        }
     }
 
     fn set_recv_timeout(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
@@ -479,6 +506,8 @@ struct RecvState {
     /// Why the connection ended, once it has; reported when all that was
     /// received before has been returned.
     terminal: Option<ConnectionError>,
+    /// Memory for frames spanning several packets, reused.
+    pool: BufferPool,
 }
 
 impl RecvState {
@@ -556,11 +585,9 @@ impl RecvState {
             None => {
                 match reader.take_end() {
                     Some(HeadEnd::Failed(e)) => self.read_failed(e),
-                    _ if reader.head_got() > 0 => self.frames.push_back(Err(farcall_core::FrameError::Truncated {
-                        got: reader.head_got(),
-                        want: BARRIER_LEN,
+                    _ if reader.head_got() > 0 => {
+                        self.frames.push_back(Err(farcall_core::FrameError::Truncated { got: reader.head_got(), want: BARRIER_LEN }.into()))
                     }
-                    .into())),
                     // Finished without a word: a call that was dropped.
                     _ => {}
                 }
@@ -580,7 +607,10 @@ impl RecvState {
                     for chunk in &mut bufs[..n] {
                         let chunk = std::mem::take(chunk);
                         let Reader { parser, kind, .. } = &mut *reader;
-                        if let Err(e) = parser.feed(chunk, &mut |frame| self.deliver(kind, frame, conn)) {
+                        let mut pool = std::mem::replace(&mut self.pool, BufferPool::new(0));
+                        let fed = parser.feed(chunk, &mut pool, &mut |frame| self.deliver(kind, frame, conn));
+                        self.pool = pool;
+                        if let Err(e) = fed {
                             self.frames.push_back(Err(e.into()));
                             reader.refuse();
                             return;

@@ -6,9 +6,10 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use farcall_core::{Connection, Listener, TransportError};
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use quinn::{Endpoint, EndpointConfig};
 
-use crate::{connection_error, lock, runtime, size_socket_buffers, transport_config, QuicConnection, ALPN};
+use crate::drive::{Driver, DriverUse};
+use crate::{connection_error, lock, size_socket_buffers, transport_config, QuicConnection, ALPN};
 
 type Accepted = Result<QuicConnection, TransportError>;
 
@@ -25,6 +26,7 @@ pub struct QuicListener {
     url: String,
     incoming: Mutex<mpsc::Receiver<Accepted>>,
     task: tokio::task::JoinHandle<()>,
+    _driver: DriverUse,
 }
 
 impl QuicListener {
@@ -33,40 +35,31 @@ impl QuicListener {
     /// [`farcall_tls::server_config`]: it requires a client certificate; the
     /// [`ALPN`] protocol is set here). Frames longer than `max_frame` are
     /// refused on accepted connections.
-    pub fn bind(
-        addr: &str,
-        server_config: Arc<rustls::ServerConfig>,
-        max_frame: usize,
-    ) -> Result<QuicListener, TransportError> {
-        let rt = runtime()?;
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|e| TransportError::io(format!("binding quic://{addr}"), e))?;
+    pub fn bind(addr: &str, server_config: Arc<rustls::ServerConfig>, max_frame: usize) -> Result<QuicListener, TransportError> {
+        let driver = Driver::start()?;
+        let socket = std::net::UdpSocket::bind(addr).map_err(|e| TransportError::io(format!("binding quic://{addr}"), e))?;
         size_socket_buffers(&socket);
-        let local = socket
-            .local_addr()
-            .map_err(|e| TransportError::io("reading the bound address", e))?;
+        let local = socket.local_addr().map_err(|e| TransportError::io("reading the bound address", e))?;
         let mut tls = (*server_config).clone();
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| {
-            TransportError::Config(format!("the TLS server configuration cannot be used for QUIC: {e}"))
-        })?;
+        let crypto = QuicServerConfig::try_from(tls)
+            .map_err(|e| TransportError::Config(format!("the TLS server configuration cannot be used for QUIC: {e}")))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport_config());
-        let endpoint = {
-            let _context = rt.enter();
-            Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))
-        }
-        .map_err(|e| TransportError::io(format!("starting a QUIC endpoint on {local}"), e))?;
+        let endpoint = Endpoint::new(EndpointConfig::default(), Some(config), socket, driver.quinn_runtime())
+            .map_err(|e| TransportError::io(format!("starting a QUIC endpoint on {local}"), e))?;
 
         let (tx, rx) = mpsc::channel();
         let accepting = endpoint.clone();
-        let task = rt.spawn(async move {
+        let users = driver.clone();
+        let task = driver.driver().handle().spawn(async move {
             while let Some(incoming) = accepting.accept().await {
                 let tx = tx.clone();
+                let driver = users.clone();
                 tokio::spawn(async move {
                     let from: SocketAddr = incoming.remote_address();
                     let accepted = match incoming.await {
-                        Ok(conn) => Ok(QuicConnection::establish(conn, None, max_frame, "client")),
+                        Ok(conn) => Ok(QuicConnection::establish(conn, None, driver, max_frame, "client")),
                         Err(e) => Err(match connection_error(&e, "client", &format!("QUIC handshake with {from}")) {
                             TransportError::Closed => TransportError::io(
                                 format!("QUIC handshake with {from}"),
@@ -79,12 +72,7 @@ impl QuicListener {
                 });
             }
         });
-        Ok(QuicListener {
-            endpoint,
-            url: format!("quic://{local}"),
-            incoming: Mutex::new(rx),
-            task,
-        })
+        Ok(QuicListener { endpoint, url: format!("quic://{local}"), incoming: Mutex::new(rx), task, _driver: driver })
     }
 
     /// The bound socket address.

@@ -81,11 +81,7 @@ pub(crate) struct Cell {
 
 impl Cell {
     pub(crate) fn new(reader: Reader, hub: &Arc<Hub>) -> Arc<Cell> {
-        Arc::new(Cell {
-            queued: AtomicBool::new(false),
-            hub: Arc::downgrade(hub),
-            reader: Mutex::new(reader),
-        })
+        Arc::new(Cell { queued: AtomicBool::new(false), hub: Arc::downgrade(hub), reader: Mutex::new(reader) })
     }
 
     /// The waker quinn calls when this stream has news.
@@ -170,15 +166,7 @@ pub(crate) struct Reader {
 impl Reader {
     pub(crate) fn new(recv: RecvStream, kind: Kind, max_frame: usize) -> Self {
         let barrier = matches!(kind, Kind::Oneway).then_some(0);
-        Reader {
-            recv,
-            kind,
-            head: [0; BARRIER_LEN],
-            head_got: 0,
-            barrier,
-            end: None,
-            parser: FrameParser::new(max_frame),
-        }
+        Reader { recv, kind, head: [0; BARRIER_LEN], head_got: 0, barrier, end: None, parser: FrameParser::new(max_frame) }
     }
 
     /// The barrier from the stream's header, once read.
@@ -221,11 +209,7 @@ impl Reader {
     }
 
     /// Reads the chunks available (up to `bufs.len()`), without copying.
-    pub(crate) fn poll_chunks(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &mut [Bytes],
-    ) -> Poll<Result<Option<usize>, ReadError>> {
+    pub(crate) fn poll_chunks(&mut self, cx: &mut Context<'_>, bufs: &mut [Bytes]) -> Poll<Result<Option<usize>, ReadError>> {
         pin!(self.recv.read_chunks(bufs)).poll(cx)
     }
 
@@ -237,6 +221,45 @@ impl Reader {
         let _ = self.recv.stop(code);
         if let Kind::Incoming { send: Some(send), .. } = &mut self.kind {
             let _ = send.reset(code);
+        }
+    }
+}
+
+/// A receive buffer kept from frame to frame for frames that span several
+/// packets.
+///
+/// A frame is handed out as a [`Bytes`] view of the buffer; once the caller
+/// drops it, the memory is reclaimed for the next large frame, so a stream
+/// of large replies does not fault in fresh pages for each (on a virtual
+/// machine that costs more than the copy itself). Buffers larger than
+/// `max_retained` are not kept.
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    spare: Option<BytesMut>,
+    max_retained: usize,
+}
+
+impl BufferPool {
+    pub(crate) fn new(max_retained: usize) -> Self {
+        BufferPool { spare: None, max_retained }
+    }
+
+    /// An empty buffer with room for `len` bytes.
+    fn take(&mut self, len: usize) -> BytesMut {
+        match self.spare.take() {
+            // `reserve` reuses the allocation when the frames cut from it are gone.
+            Some(mut buf) if len <= self.max_retained => {
+                buf.reserve(len);
+                buf
+            }
+            _ => BytesMut::with_capacity(len),
+        }
+    }
+
+    /// Keeps what remains of a buffer a frame was cut from.
+    fn give_back(&mut self, buf: BytesMut) {
+        if self.spare.is_none() && buf.capacity() + buf.len() <= self.max_retained {
+            self.spare = Some(buf);
         }
     }
 }
@@ -256,25 +279,23 @@ pub(crate) struct FrameParser {
 
 impl FrameParser {
     pub(crate) fn new(max: usize) -> Self {
-        FrameParser {
-            max,
-            head: [0; 4],
-            head_got: 0,
-            body: None,
-            want: 0,
-        }
+        FrameParser { max, head: [0; 4], head_got: 0, body: None, want: 0 }
     }
 
-    /// Feeds the next chunk of the stream; `out` receives each complete frame.
-    pub(crate) fn feed(&mut self, mut chunk: Bytes, out: &mut dyn FnMut(Bytes)) -> Result<(), FrameError> {
+    /// Feeds the next chunk of the stream; `out` receives each complete
+    /// frame. Frames that span chunks are assembled in `pool`'s memory when
+    /// it is free (see [`BufferPool`]).
+    pub(crate) fn feed(&mut self, mut chunk: Bytes, pool: &mut BufferPool, out: &mut dyn FnMut(Bytes)) -> Result<(), FrameError> {
         while !chunk.is_empty() {
             if let Some(body) = &mut self.body {
                 let n = (self.want - body.len()).min(chunk.len());
                 body.extend_from_slice(&chunk[..n]);
                 chunk.advance(n);
                 if body.len() == self.want {
-                    let body = self.body.take().expect("a body being read");
-                    out(body.freeze());
+                    let mut body = self.body.take().expect("a body being read");
+                    let frame = body.split().freeze();
+                    pool.give_back(body);
+                    out(frame);
                 }
                 continue;
             }
@@ -293,7 +314,7 @@ impl FrameParser {
             if chunk.len() >= len {
                 out(chunk.split_to(len));
             } else {
-                let mut body = BytesMut::with_capacity(len);
+                let mut body = pool.take(len);
                 body.extend_from_slice(&chunk);
                 chunk.clear();
                 self.body = Some(body);
@@ -321,8 +342,9 @@ mod tests {
 
     fn frames(parser: &mut FrameParser, chunks: &[&[u8]]) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut got = Vec::new();
+        let mut pool = BufferPool::new(1 << 20);
         for c in chunks {
-            parser.feed(Bytes::copy_from_slice(c), &mut |f| got.push(f.to_vec()))?;
+            parser.feed(Bytes::copy_from_slice(c), &mut pool, &mut |f| got.push(f.to_vec()))?;
         }
         Ok(got)
     }

@@ -151,3 +151,62 @@ fn requests_flow_both_ways() {
     conn.send(&[&reply(id, payload)]).unwrap();
     client.join().unwrap();
 }
+
+#[test]
+fn many_threads_on_both_sides_share_one_connection() {
+    // The server's shape: threads take turns reading (leader/followers) and
+    // each answers what it read; the client's: several threads sending, one
+    // reading at a time.
+    let pki = pki();
+    let listener = farcall_transport_quic::QuicListener::bind("127.0.0.1:0", server_config(&pki), 1 << 20).unwrap();
+    let addr = farcall_core::Listener::local_url(&listener).trim_start_matches("quic://").to_owned();
+    let server = std::thread::spawn(move || {
+        let conn = farcall_core::Listener::accept(&listener).unwrap();
+        let reading = std::sync::Mutex::new(());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| loop {
+                    let body = {
+                        let _turn = reading.lock().unwrap();
+                        match conn.recv() {
+                            Ok(b) => b,
+                            Err(_) => return,
+                        }
+                    };
+                    let Message::Request { id, op: farcall_core::Request::Call { mut args, .. } } = decode(body).unwrap() else {
+                        panic!("not a call")
+                    };
+                    let Some(farcall_core::Value::Bytes(payload)) = args.pop() else { panic!("no payload") };
+                    if conn.send(&[&reply(id, payload)]).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+    });
+    let conn = farcall_transport_quic::QuicConnection::connect(&addr, "localhost", client_config(&pki.ca, Some(&pki.alice)), None, 1 << 20)
+        .unwrap();
+    const THREADS: u64 = 6;
+    const CALLS: u64 = 300;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let conn = &conn;
+            s.spawn(move || {
+                for i in 0..CALLS {
+                    let id = t * 10_000 + i;
+                    let payload = vec![(id % 251) as u8; (id % 5000) as usize];
+                    conn.send(&[&request(id, &payload)]).unwrap();
+                }
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < (THREADS * CALLS) as usize {
+            let (id, payload) = decode_reply(conn.recv().unwrap());
+            assert_eq!(payload.len(), (id % 5000) as usize, "reply {id}");
+            assert!(payload.iter().all(|&b| b == (id % 251) as u8), "reply {id}");
+            assert!(seen.insert(id), "reply {id} twice");
+        }
+    });
+    farcall_core::Connection::shutdown(&conn);
+    server.join().unwrap();
+}

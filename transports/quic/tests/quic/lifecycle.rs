@@ -92,7 +92,9 @@ fn connecting_to_a_port_nobody_serves_times_out_clearly() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap(); // silent
     let addr = socket.local_addr().unwrap().to_string();
     let start = Instant::now();
-    let err = QuicConnection::connect(&addr, "localhost", client_config(&pki.ca, Some(&pki.alice)), Some(Duration::from_millis(300)), 1 << 20).unwrap_err();
+    let err =
+        QuicConnection::connect(&addr, "localhost", client_config(&pki.ca, Some(&pki.alice)), Some(Duration::from_millis(300)), 1 << 20)
+            .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));
     let text = err.to_string();
     assert!(text.contains(&addr) && text.contains("no QUIC handshake"), "{text}");

@@ -2,6 +2,7 @@
 // test time, raw farcall frames over QuicConnection/QuicListener.
 
 mod calls;
+mod impaired;
 mod lifecycle;
 mod refusals;
 

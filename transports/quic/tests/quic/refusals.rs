@@ -24,7 +24,8 @@ fn refused(server: &EchoServer, pki: &Pki, result: Result<bytes::Bytes, String>,
 fn a_client_without_a_certificate_is_refused() {
     let pki = pki();
     let server = echo_server(server_config(&pki), 1 << 20);
-    let err = refused(&server, &pki, call_once(&server, client_config(&pki.ca, None), "localhost"), &["server requires a client certificate"]);
+    let err =
+        refused(&server, &pki, call_once(&server, client_config(&pki.ca, None), "localhost"), &["server requires a client certificate"]);
     eprintln!("client sees: {err}");
     let seen = server.refused.recv_timeout(Duration::from_secs(5)).unwrap();
     eprintln!("server sees: {seen}");
@@ -37,7 +38,12 @@ fn a_client_certificate_from_another_ca_is_refused() {
     let server = echo_server(server_config(&pki), 1 << 20);
     let other = Authority::new("other CA").unwrap();
     let mallory = other.issue_client("mallory").unwrap();
-    let err = refused(&server, &pki, call_once(&server, client_config(&pki.ca, Some(&mallory)), "localhost"), &["does not trust this client's certificate", "UnknownIssuer"]);
+    let err = refused(
+        &server,
+        &pki,
+        call_once(&server, client_config(&pki.ca, Some(&mallory)), "localhost"),
+        &["does not trust this client's certificate", "UnknownIssuer"],
+    );
     eprintln!("client sees: {err}");
     eprintln!("server sees: {}", server.refused.recv_timeout(Duration::from_secs(5)).unwrap());
 }
@@ -48,7 +54,12 @@ fn an_expired_client_certificate_is_refused() {
     let server = echo_server(server_config(&pki), 1 << 20);
     let now = OffsetDateTime::now_utc();
     let old = pki.ca.issue_client_valid("old", now - time::Duration::days(30), now - time::Duration::days(1)).unwrap();
-    let err = refused(&server, &pki, call_once(&server, client_config(&pki.ca, Some(&old)), "localhost"), &["refused this client's certificate", "expired"]);
+    let err = refused(
+        &server,
+        &pki,
+        call_once(&server, client_config(&pki.ca, Some(&old)), "localhost"),
+        &["refused this client's certificate", "expired"],
+    );
     eprintln!("client sees: {err}");
     eprintln!("server sees: {}", server.refused.recv_timeout(Duration::from_secs(5)).unwrap());
 }
