@@ -128,9 +128,15 @@ impl Server {
                     }
                 }
                 Err(e) => {
+                    // One client's failed handshake is that client's problem;
+                    // running out of descriptors or memory is the server's:
+                    // back off briefly rather than spin.
+                    let exhausted = matches!(&e, farcall_core::TransportError::Io { source, .. }
+                        if matches!(source.raw_os_error(), Some(23 | 24 | 12 | 105)));
                     warn!("accepting on {url} failed: {e}");
-                    // Out of file descriptors and similar: do not spin.
-                    std::thread::sleep(Duration::from_millis(50));
+                    if exhausted {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             }
         }

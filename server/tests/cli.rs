@@ -130,3 +130,81 @@ fn usage_errors_are_clear() {
     assert!(child.wait().unwrap().success());
     assert!(out.starts_with("farcall "), "{out}");
 }
+
+#[test]
+fn certs_then_a_secured_server_on_quic_and_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("farcall-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let certs = dir.join("certs");
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let out =
+        run(&["certs", "--out", certs.to_str().unwrap(), "--server-name", "127.0.0.1", "--server-name", "localhost", "--client", "alice"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for key in ["ca.key", "server.key", "alice.key"] {
+        assert_eq!(std::fs::metadata(certs.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    // Again: the CA is kept, existing files are never overwritten.
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let out = run(&["certs", "--out", certs.to_str().unwrap(), "--client", "alice"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = run(&["certs", "--out", certs.to_str().unwrap(), "--client", "bob"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reused the CA"));
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca);
+
+    // A tls:// or quic:// listener without [tls] is a config error naming what is missing.
+    let bare = dir.join("bare.toml");
+    std::fs::write(&bare, "[server]\nlisten = [\"quic://127.0.0.1:0\"]\n").unwrap();
+    let err = fails_with(&["serve", "--config", bare.to_str().unwrap()]);
+    assert!(err.contains("tls.cert") && err.contains("tls.client_ca"), "{err}");
+
+    let config = dir.join("farcall.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"quic://127.0.0.1:0\", \"tls://127.0.0.1:0\"]\n\n[tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    let (etx, erx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = etx.send(line);
+        }
+    });
+    let urls: Vec<String> =
+        (0..2).map(|_| lines.next().unwrap().unwrap().strip_prefix("farcall listening on ").unwrap().to_owned()).collect();
+    assert!(urls[0].starts_with("quic://127.0.0.1:") && urls[1].starts_with("tls://127.0.0.1:"), "{urls:?}");
+    let options = farcall_client::Options {
+        tls: Some(farcall_client::TlsOptions {
+            ca: certs.join("ca.pem"),
+            cert: Some(certs.join("bob.pem")),
+            key: Some(certs.join("bob.key")),
+            server_name: None,
+        }),
+        ..Default::default()
+    };
+    for url in &urls {
+        let c = farcall_client::Client::connect(url, &options).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let sep: String = c.module("os").unwrap().getattr("sep").unwrap().extract().unwrap();
+        assert_eq!(sep, "/");
+    }
+    // The log names the client by its certificate.
+    let mut seen = 0;
+    while seen < 2 {
+        let line = erx.recv_timeout(Duration::from_secs(30)).expect("session log lines");
+        if line.contains("session opened") && line.contains("(bob)") {
+            seen += 1;
+        }
+    }
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
