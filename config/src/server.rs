@@ -173,13 +173,14 @@ impl Default for PolicySection {
 }
 
 impl ServerConfig {
-    /// Reads, parses and validates a config file. Relative `[tls]` paths are
-    /// resolved against the file's folder. Errors name the file.
+    /// Reads, parses and validates a config file. Relative paths (`[tls]`
+    /// files, `evaluator.plugin`) are resolved against the file's folder.
+    /// Errors name the file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = load::read(path)?;
         let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
         let tls = &mut config.tls;
-        load::resolve_paths(path, [&mut tls.cert, &mut tls.key, &mut tls.client_ca]);
+        load::resolve_paths(path, [&mut tls.cert, &mut tls.key, &mut tls.client_ca, &mut config.evaluator.plugin]);
         Ok(config)
     }
 

@@ -80,7 +80,11 @@ fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
             let e = farcall_backend_embedded::EmbeddedEvaluator::start()?;
             Ok(Arc::new(e))
         }
-        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\""),
+        Backend::Plugin => {
+            let path = config.evaluator.plugin.as_ref().context("evaluator.backend = \"plugin\" needs evaluator.plugin = PATH")?;
+            Ok(Arc::new(farcall_backend_plugin::PluginEvaluator::load(path)?))
+        }
+        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\" or \"plugin\""),
     }
 }
 

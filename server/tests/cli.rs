@@ -208,3 +208,48 @@ fn certs_then_a_secured_server_on_quic_and_tls() {
     assert!(wait_exit(&mut child).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The fake plugin's shared library, built by cargo next to this test
+/// binary (it is a dev-dependency of this package).
+fn fake_plugin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let name = "libfarcall_plugin_fake.so";
+    [deps.join(name), deps.parent().unwrap().join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("libfarcall_plugin_fake.so built by cargo")
+}
+
+#[test]
+fn a_plugin_backend_from_the_config_serves_a_real_client() {
+    let dir = std::env::temp_dir().join(format!("farcall-cli-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("plugin.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = [\"tcp://127.0.0.1:0\"]\n\n[evaluator]\nbackend = \"plugin\"\nplugin = {:?}\n", fake_plugin()),
+    )
+    .unwrap();
+    let mut s = serve(&["--config", config.to_str().unwrap()]);
+    let c = farcall_client::Client::connect(&s.addr, &Default::default()).unwrap();
+    assert_eq!(c.server().backend, "fake");
+    let pow: farcall_client::RemoteObject = c.module("math").unwrap().getattr("pow").unwrap().extract().unwrap();
+    let r: f64 = pow.call(vec![3.into(), 2.into()]).unwrap().extract().unwrap();
+    assert_eq!(r, 9.0);
+    let err = c.module("os").unwrap_err();
+    assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
+    signal(&s.child, "-TERM");
+    assert!(wait_exit(&mut s.child).success());
+
+    // Start-up errors name what is wrong.
+    std::fs::write(&config, "[evaluator]\nbackend = \"plugin\"\nplugin = \"no-such-plugin.so\"\n").unwrap();
+    let err = fails_with(&["serve", "--config", config.to_str().unwrap(), "--listen", "tcp://127.0.0.1:0"]);
+    assert!(err.contains("no-such-plugin.so"), "{err}");
+    let not_a_plugin = dir.join("not-a-plugin.so");
+    std::fs::write(&not_a_plugin, "not a library").unwrap();
+    std::fs::write(&config, "[evaluator]\nbackend = \"plugin\"\nplugin = \"not-a-plugin.so\"\n").unwrap();
+    let err = fails_with(&["serve", "--config", config.to_str().unwrap(), "--listen", "tcp://127.0.0.1:0"]);
+    assert!(err.contains("not-a-plugin.so"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
