@@ -175,7 +175,10 @@ impl Client {
 
     /// Performs the handshake over an established connection of any transport.
     pub fn over(conn: Box<dyn Connection>, options: &Options) -> Result<Client, ClientError> {
-        let lost = |e: farcall_core::TransportError| ClientError::ConnectionLost(format!("during the handshake: {e}"));
+        // The connection is not established until the handshake is done: a
+        // refusal here (a TLS alert, a closed socket) is a failure to connect.
+        let address = conn.peer().to_string();
+        let lost = |source: farcall_core::TransportError| ClientError::Connect { address: address.clone(), source };
         conn.set_recv_timeout(Some(options.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))).map_err(lost)?;
         let hello = handshake::encode(&ClientHello::new(options.client_name.clone()));
         conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())]).map_err(lost)?;
