@@ -429,7 +429,7 @@ impl Connection for QuicConnection {
                 Route::Oneway => call.push(f),
             }
         }
-        self.driver.driver().block_on(async {
+        let sent = self.driver.driver().block_on(async {
             for (slot, f) in &replies {
                 self.write_reply(slot, f).await?;
             }
@@ -444,13 +444,20 @@ impl Connection for QuicConnection {
             // encrypt and send the packets now, on this thread.
             tokio::task::yield_now().await;
             Ok(())
-        })
+        });
+        if !replies.is_empty() {
+            self.driver.driver().reply_sent();
+        }
+        sent
     }
 
     fn recv(&self) -> Result<Bytes, TransportError> {
         let rt = self.driver.driver();
         let timeout = *lock(&self.recv_timeout);
         let mut state = lock(&self.recv);
+        if state.frames.is_empty() && self.hub.is_empty() {
+            rt.await_reply();
+        }
         let next = std::future::poll_fn(|cx| state.poll_next(cx, self));
         match timeout {
             None => rt.block_on(next),
@@ -478,6 +485,7 @@ impl Connection for QuicConnection {
             // Send the close now if this thread can drive the runtime.
             self.driver.driver().block_on(tokio::task::yield_now());
         }
+        self.driver.driver().idle_now();
     }
 
     fn set_recv_timeout(&self, timeout: Option<Duration>) -> Result<(), TransportError> {
@@ -666,6 +674,7 @@ impl RecvState {
                     let s = slot.get_or_insert_with(|| Arc::new(ReplySlot::new(send.take()))).clone();
                     s.pending.fetch_add(1, Ordering::SeqCst);
                     lock(&conn.replies).insert(id, s);
+                    conn.driver.driver().reply_expected();
                 }
                 self.frames.push_back(Ok(frame));
             }

@@ -16,6 +16,10 @@
 //! wait for their own streams as usual (tokio hands them the core when it
 //! is released).
 //!
+//! A thread entering `recv` right after another received a request leaves
+//! the runtime to the replying thread until its reply is sent (see
+//! [`Driver::reply_expected`]).
+//!
 //! When no caller has been inside for [`GRACE`], a keeper thread drives
 //! instead (acknowledgements, retransmissions, keep-alives, handshakes of
 //! new clients), and hands the core back as soon as a caller comes in.
@@ -35,11 +39,15 @@ use crate::lock;
 /// drives it. Busy connections (calls back to back) keep driving it
 /// themselves; when the calls stop, timers and acknowledgements wait at
 /// most this long.
-const GRACE: Duration = Duration::from_millis(1);
+const GRACE: Duration = Duration::from_millis(2);
 
 /// How long the keeper still drives after the last user is gone, so that
 /// the final close reaches the peer.
 const FLUSH: Duration = Duration::from_millis(50);
+
+/// How long a thread entering `recv` leaves the runtime to a thread that is
+/// about to send a reply (see [`Driver::reply_expected`]).
+const HANDOFF: Duration = Duration::from_micros(300);
 
 /// A current-thread runtime shared by the callers of one endpoint, with its
 /// keeper thread.
@@ -50,6 +58,8 @@ pub(crate) struct Driver {
     changed: Condvar,
     /// Asks the keeper to hand the runtime over.
     release: tokio::sync::Notify,
+    /// Wakes the threads that wait to drive until a reply is sent.
+    replied: Condvar,
 }
 
 impl std::fmt::Debug for Driver {
@@ -64,12 +74,21 @@ struct State {
     callers: usize,
     /// When the last caller left.
     last_exit: Instant,
+    /// Times a caller left (to tell calls back to back from a long wait).
+    exits: u64,
     /// The keeper waits to hear that the callers are gone.
     keeper_waiting: bool,
     /// The keeper is inside `block_on`.
     keeper_driving: bool,
     /// Live [`DriverUse`]s; the keeper ends when there are none.
     users: usize,
+    /// Until when a reply is expected from a thread that just received a
+    /// request (see [`Driver::reply_expected`]).
+    reply_due: Option<Instant>,
+    /// Threads waiting in [`Driver::await_reply`].
+    reply_waiters: usize,
+    /// The keeper should drive as soon as no caller does (see [`Driver::idle_now`]).
+    drive_now: bool,
 }
 
 /// A handle on a [`Driver`] that keeps its keeper alive.
@@ -87,8 +106,19 @@ impl Driver {
             .map_err(|e| TransportError::io("starting a QUIC runtime", e))?;
         let driver = Arc::new(Driver {
             rt,
-            state: Mutex::new(State { callers: 0, last_exit: Instant::now(), keeper_waiting: false, keeper_driving: false, users: 1 }),
+            state: Mutex::new(State {
+                callers: 0,
+                last_exit: Instant::now(),
+                exits: 0,
+                keeper_waiting: false,
+                keeper_driving: false,
+                users: 1,
+                reply_due: None,
+                reply_waiters: 0,
+                drive_now: false,
+            }),
             changed: Condvar::new(),
+            replied: Condvar::new(),
             release: tokio::sync::Notify::new(),
         });
         let keeper = driver.clone();
@@ -101,6 +131,7 @@ impl Driver {
 
     /// The keeper thread: drives the runtime while no caller does.
     fn keep(self: Arc<Self>) {
+        let mut seen_exits = None;
         loop {
             {
                 let mut st = lock(&self.state);
@@ -110,13 +141,25 @@ impl Driver {
                         return self.finish();
                     }
                     if st.callers > 0 {
-                        st.keeper_waiting = true;
-                        st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                        st.keeper_waiting = false;
+                        // While callers come and go (calls back to back),
+                        // check back every GRACE rather than be woken at
+                        // each exit (a wake-up costs the caller several µs);
+                        // while one stays inside (a thread waiting in
+                        // `recv`), sleep until the last one leaves.
+                        if seen_exits == Some(st.exits) {
+                            st.keeper_waiting = true;
+                            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                            st.keeper_waiting = false;
+                            seen_exits = None;
+                        } else {
+                            seen_exits = Some(st.exits);
+                            st = self.changed.wait_timeout(st, GRACE).unwrap_or_else(|p| p.into_inner()).0;
+                        }
                         continue;
                     }
                     let idle = st.last_exit.elapsed();
-                    if idle >= GRACE {
+                    if idle >= GRACE || st.drive_now {
+                        st.drive_now = false;
                         break;
                     }
                     st = self.changed.wait_timeout(st, GRACE - idle).unwrap_or_else(|p| p.into_inner()).0;
@@ -166,13 +209,66 @@ impl Driver {
                 let mut st = lock(&self.0.state);
                 st.callers -= 1;
                 st.last_exit = Instant::now();
-                if st.callers == 0 && st.keeper_waiting {
+                st.exits += 1;
+                let wake = st.callers == 0 && st.keeper_waiting;
+                drop(st);
+                if wake {
                     self.0.changed.notify_one();
                 }
             }
         }
         let _leave = Leave(self);
         self.rt.block_on(f)
+    }
+
+    /// A request was just handed to a thread that will evaluate it and send
+    /// the reply (a server thread, while another takes its place in `recv`).
+    ///
+    /// Whoever drives the runtime sleeps in `epoll`; if the thread now
+    /// entering `recv` took the runtime, the reply's packets could only
+    /// leave once that thread was woken to send them: one more thread
+    /// wake-up on every call (on a virtual machine as costly as the network
+    /// itself). So for a short while ([`HANDOFF`]), or until the reply is
+    /// sent, `recv` leaves the runtime free ([`Driver::await_reply`]): the
+    /// replying thread drives it and sends its packets itself, and the
+    /// thread in `recv` takes over afterwards, off the call's path. A slow
+    /// call only makes the next `recv` wait [`HANDOFF`], once.
+    pub(crate) fn reply_expected(&self) {
+        lock(&self.state).reply_due = Some(Instant::now() + HANDOFF);
+    }
+
+    /// A reply was sent (see [`Driver::reply_expected`]).
+    pub(crate) fn reply_sent(&self) {
+        let mut st = lock(&self.state);
+        let wake = st.reply_due.take().is_some() && st.reply_waiters > 0;
+        drop(st);
+        if wake {
+            self.replied.notify_all();
+        }
+    }
+
+    /// A connection was shut down: its callers are not coming back, so the
+    /// keeper drives as soon as no other caller does, rather than after
+    /// [`GRACE`] (a client reconnecting at once is served without delay).
+    pub(crate) fn idle_now(&self) {
+        lock(&self.state).drive_now = true;
+        self.changed.notify_one();
+    }
+
+    /// Before driving the runtime to wait for frames: waits while a reply
+    /// is expected from another thread (see [`Driver::reply_expected`]).
+    pub(crate) fn await_reply(&self) {
+        let mut st = lock(&self.state);
+        while let Some(due) = st.reply_due {
+            let now = Instant::now();
+            if now >= due {
+                st.reply_due = None;
+                break;
+            }
+            st.reply_waiters += 1;
+            st = self.replied.wait_timeout(st, due - now).unwrap_or_else(|p| p.into_inner()).0;
+            st.reply_waiters -= 1;
+        }
     }
 
     pub(crate) fn handle(&self) -> &Handle {

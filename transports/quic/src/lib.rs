@@ -49,8 +49,11 @@
 //! socket and is woken by the kernel when its reply arrives, and a `send`
 //! encrypts and transmits its packets on its own thread. A call between
 //! two such threads costs the same two thread wake-ups as over TCP, instead
-//! of six with quinn on a separate runtime thread. When no caller has been
-//! inside for a millisecond, a keeper thread (`farcall-quic`, one per
+//! of six with quinn on a separate runtime thread. A server thread that
+//! takes over `recv` while another evaluates a request leaves the runtime to
+//! the replying thread until the reply is sent (briefly), so that the reply
+//! leaves from the evaluating thread without waking the one in `epoll`.
+//! When no caller has been inside for two milliseconds, a keeper thread (`farcall-quic`, one per
 //! endpoint) drives instead: acknowledgements, retransmissions,
 //! keep-alives, handshakes of new clients.
 //!
