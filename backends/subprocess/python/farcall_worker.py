@@ -1,0 +1,882 @@
+"""farcall's subprocess worker: one Python process serving one client session.
+
+The server starts ``python -c BOOTSTRAP`` with pipes on stdin, stdout and
+stderr; the bootstrap reads this module's and :mod:`farcall_semantics`'
+sources from stdin and calls :func:`main`. Needs nothing but the standard
+library (Python 3.9 or newer).
+
+Protocol (frames are a 4-byte big-endian length, then the body):
+
+1. server -> worker: a MessagePack map of settings (``max_memory_mb``).
+2. worker -> server: the hello, a MessagePack map: ``farcall_worker`` (this
+   protocol's version, :data:`PROTOCOL`), ``python_version``, ``prefix``,
+   ``executable``, ``pid``.
+3. server -> worker: requests ``[0, id, opcode, fields...]`` and releases
+   ``[3, id, count, ...]``, exactly as on farcall's wire (core's codec.rs);
+   worker -> server: replies ``[1, id, value]`` or ``[2, id, exception]``.
+   Requests are served concurrently (a slow call does not hold up the
+   others); a release is applied before any request that follows it.
+4. worker -> server, at most once, just before the worker ends itself: a
+   notice ``[127, reason, detail]`` (reason ``out_of_memory``, ``protocol``
+   or ``internal``).
+
+The worker ends when its stdin closes (exit status 0), on a malformed
+message (76), on an internal error (70), or when a request runs out of
+memory in a worker with a memory limit (71). Nothing but frames is ever
+written to the frame pipe: file descriptors 0 and 1 are moved away before
+any user code runs (``sys.stdin`` reads ``/dev/null``, ``sys.stdout`` and
+file descriptor 1 write to stderr).
+"""
+
+import io
+import os
+import struct
+import sys
+import threading
+
+import farcall_semantics as sem
+
+# Frames of this module are farcall's own (see farcall_semantics.describe).
+__farcall_internal__ = True
+
+#: The version of the worker protocol above (the hello's ``farcall_worker``).
+PROTOCOL = 1
+
+#: Deepest nesting of values the decoder accepts (as core's codec).
+MAX_DEPTH = 64
+
+#: ``bytes`` values at least this long are written without being copied.
+ZERO_COPY_MIN = 16 * 1024
+
+#: Threads that may serve requests at once.
+MAX_THREADS = 128
+
+KIND_REQUEST = 0
+KIND_REPLY_OK = 1
+KIND_REPLY_ERR = 2
+KIND_RELEASE = 3
+#: A worker's last words (not part of farcall's wire protocol).
+KIND_NOTICE = 127
+
+EXT_BIGINT = 1
+EXT_COMPLEX = 2
+EXT_FROZENSET = 3
+EXT_SENDER_OBJECT = 4
+EXT_RECEIVER_OBJECT = 5
+
+EXIT_INTERNAL = 70
+EXIT_OUT_OF_MEMORY = 71
+EXIT_PROTOCOL = 76
+
+_ARITY = {
+    sem.GET_MODULE: 1,
+    sem.GET_ATTR: 2,
+    sem.SET_ATTR: 3,
+    sem.DEL_ATTR: 2,
+    sem.CALL: 3,
+    sem.REPR: 1,
+    sem.STR: 1,
+    sem.STATS: 0,
+}
+
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_U32_MAX = (1 << 32) - 1
+
+
+class MalformedMessage(ValueError):
+    """A frame that is not a well-formed message of farcall's protocol."""
+
+
+class UnknownOperation(Exception):
+    """A well-formed request for an operation this worker does not know."""
+
+    def __init__(self, request_id, op):
+        Exception.__init__(self, "unknown operation %d (request %d)" % (op, request_id))
+        self.request_id = request_id
+        self.op = op
+
+
+# ----------------------------------------------------------------- decoding
+
+_be_u16 = struct.Struct(">H").unpack_from
+_be_u32 = struct.Struct(">I").unpack_from
+_be_u64 = struct.Struct(">Q").unpack_from
+_be_i8 = struct.Struct(">b").unpack_from
+_be_i16 = struct.Struct(">h").unpack_from
+_be_i32 = struct.Struct(">i").unpack_from
+_be_i64 = struct.Struct(">q").unpack_from
+_be_f32 = struct.Struct(">f").unpack_from
+_be_f64 = struct.Struct(">d").unpack_from
+_le_2f64 = struct.Struct("<dd").unpack_from
+
+
+class Decoder:
+    """Decodes MessagePack as core's codec does, refusing what it refuses:
+    truncated input, counts larger than the bytes present, nesting deeper
+    than :data:`MAX_DEPTH`, strings that are not UTF-8, maps, unknown
+    extension types and trailing bytes. Errors are :class:`MalformedMessage`."""
+
+    __slots__ = ("data", "pos", "depth")
+
+    def __init__(self, data, depth=0):
+        self.data = data
+        self.pos = 0
+        self.depth = depth
+
+    def take(self, n):
+        pos = self.pos
+        end = pos + n
+        if end > len(self.data):
+            raise MalformedMessage("malformed message: truncated")
+        self.pos = end
+        return self.data[pos:end]
+
+    def byte(self):
+        pos = self.pos
+        if pos >= len(self.data):
+            raise MalformedMessage("malformed message: truncated")
+        self.pos = pos + 1
+        return self.data[pos]
+
+    def _fixed(self, unpack, n):
+        pos = self.pos
+        if pos + n > len(self.data):
+            raise MalformedMessage("malformed message: truncated")
+        self.pos = pos + n
+        return unpack(self.data, pos)[0]
+
+    def _len_after(self, m):
+        if m in (0xC4, 0xC7, 0xD9):
+            return self.byte()
+        if m in (0xC5, 0xC8, 0xDA, 0xDC, 0xDE):
+            return self._fixed(_be_u16, 2)
+        return self._fixed(_be_u32, 4)
+
+    def _int_from(self, m):
+        """The integer that marker ``m`` starts, or ``None`` if it is not one."""
+        if m <= 0x7F:
+            return m
+        if m >= 0xE0:
+            return m - 0x100
+        if 0xCC <= m <= 0xD3:
+            if m == 0xCC:
+                return self.byte()
+            if m == 0xCD:
+                return self._fixed(_be_u16, 2)
+            if m == 0xCE:
+                return self._fixed(_be_u32, 4)
+            if m == 0xCF:
+                return self._fixed(_be_u64, 8)
+            if m == 0xD0:
+                return self._fixed(_be_i8, 1)
+            if m == 0xD1:
+                return self._fixed(_be_i16, 2)
+            if m == 0xD2:
+                return self._fixed(_be_i32, 4)
+            return self._fixed(_be_i64, 8)
+        return None
+
+    def uint(self):
+        m = self.byte()
+        v = self._int_from(m)
+        if v is None:
+            raise MalformedMessage("malformed message: expected an unsigned integer, found byte 0x%02x" % m)
+        if v < 0:
+            raise MalformedMessage("malformed message: negative id or count")
+        return v
+
+    def _text(self, n):
+        raw = self.take(n)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedMessage("malformed message: a string is not valid UTF-8") from None
+
+    def str(self):
+        m = self.byte()
+        if 0xA0 <= m <= 0xBF:
+            return self._text(m & 0x1F)
+        if 0xD9 <= m <= 0xDB:
+            return self._text(self._len_after(m))
+        raise MalformedMessage("malformed message: expected a string, found byte 0x%02x" % m)
+
+    def array(self):
+        m = self.byte()
+        if 0x90 <= m <= 0x9F:
+            n = m & 0x0F
+        elif m == 0xDC or m == 0xDD:
+            n = self._len_after(m)
+        else:
+            raise MalformedMessage("malformed message: expected an array, found byte 0x%02x" % m)
+        # Every element takes at least one byte.
+        if n > len(self.data) - self.pos:
+            raise MalformedMessage("malformed message: truncated")
+        return n
+
+    def end(self):
+        left = len(self.data) - self.pos
+        if left:
+            raise MalformedMessage("malformed message: %d trailing bytes" % left)
+
+    def values(self):
+        """An array of values, as a tuple."""
+        if self.depth >= MAX_DEPTH:
+            raise MalformedMessage("malformed message: values nested deeper than %d" % MAX_DEPTH)
+        n = self.array()
+        self.depth += 1
+        items = tuple([self.value() for _ in range(n)])
+        self.depth -= 1
+        return items
+
+    def value(self):
+        """One value: a Python scalar, a tuple, a frozenset, a
+        :class:`farcall_semantics.Target` (a receiver's object) or a
+        :class:`farcall_semantics.Ref` (a sender's object)."""
+        m = self.byte()
+        if m <= 0x7F:
+            return m
+        if m >= 0xE0:
+            return m - 0x100
+        if 0xA0 <= m <= 0xBF:
+            return self._text(m & 0x1F)
+        if 0x90 <= m <= 0x9F or m == 0xDC or m == 0xDD:
+            self.pos -= 1
+            return self.values()
+        if m == 0xC0:
+            return None
+        if m == 0xC2:
+            return False
+        if m == 0xC3:
+            return True
+        if m == 0xCB:
+            return self._fixed(_be_f64, 8)
+        if m == 0xCA:
+            return self._fixed(_be_f32, 4)
+        v = self._int_from(m)
+        if v is not None:
+            return v
+        if 0xD9 <= m <= 0xDB:
+            return self._text(self._len_after(m))
+        if 0xC4 <= m <= 0xC6:
+            return bytes(self.take(self._len_after(m)))
+        if 0xD4 <= m <= 0xD8 or 0xC7 <= m <= 0xC9:
+            return self._ext(m)
+        raise MalformedMessage("malformed message: expected a value, found byte 0x%02x" % m)
+
+    def _ext(self, m):
+        if m <= 0xD8 and m >= 0xD4:
+            n = 1 << (m - 0xD4)
+        else:
+            n = self._len_after(m)
+        ty = self.byte()
+        payload = self.take(n)
+        if ty == EXT_BIGINT:
+            if not payload:
+                raise MalformedMessage("malformed message: empty big integer")
+            return sem.int_from_bytes(payload)
+        if ty == EXT_COMPLEX:
+            if len(payload) != 16:
+                raise MalformedMessage("malformed message: complex is not 16 bytes")
+            re, im = _le_2f64(payload, 0)
+            return complex(re, im)
+        if ty == EXT_FROZENSET:
+            inner = Decoder(payload, self.depth)
+            items = inner.values()
+            inner.end()
+            return frozenset(items)
+        if ty == EXT_SENDER_OBJECT:
+            inner = Decoder(payload, self.depth)
+            ref = inner.ref()
+            inner.end()
+            return ref
+        if ty == EXT_RECEIVER_OBJECT:
+            inner = Decoder(payload, self.depth)
+            target = inner.target()
+            inner.end()
+            return target
+        raise MalformedMessage("malformed message: unknown value extension type")
+
+    def ref(self):
+        if self.array() != 4:
+            raise MalformedMessage("malformed message: object reference is not 4 fields")
+        ref_id = self.uint()
+        name = self.str()
+        flags = self.uint()
+        if flags > 0xFF:
+            raise MalformedMessage("malformed message: flags out of range")
+        attrs = []
+        for _ in range(self.array()):
+            fields = self.array()
+            attr = self.str()
+            kind = self.uint()
+            if kind in (sem.LAZY_CALLABLE, sem.LAZY_CLASS) and fields == 2:
+                attrs.append(sem.LazyAttr(attr, kind))
+            elif kind == sem.LAZY_MODULE and fields == 3:
+                attrs.append(sem.LazyAttr(attr, kind, self.str()))
+            else:
+                raise MalformedMessage("malformed message: bad attribute hint")
+        return sem.Ref(ref_id, name, flags, tuple(attrs))
+
+    def target(self):
+        n = self.array()
+        if n == 0:
+            raise MalformedMessage("malformed message: empty target")
+        ref_id = self.uint()
+        return sem.Target(ref_id, [self.str() for _ in range(n - 1)])
+
+    def map(self):
+        """A map of string keys (only the settings frame has one)."""
+        m = self.byte()
+        if 0x80 <= m <= 0x8F:
+            n = m & 0x0F
+        elif m == 0xDE or m == 0xDF:
+            n = self._len_after(m)
+        else:
+            raise MalformedMessage("malformed message: expected a map, found byte 0x%02x" % m)
+        out = {}
+        for _ in range(n):
+            key = self.str()
+            out[key] = self.value()
+        return out
+
+
+def decode_message(data):
+    """Decodes a frame from the server: ``(KIND_REQUEST, id, opcode,
+    fields)`` or ``(KIND_RELEASE, [(id, count), ...])``.
+
+    Raises :class:`UnknownOperation` for a well-formed request of an unknown
+    operation and :class:`MalformedMessage` for anything else that is wrong.
+    """
+    d = Decoder(data)
+    n = d.array()
+    if n == 0:
+        raise MalformedMessage("malformed message: empty message")
+    kind = d.uint()
+    if kind == KIND_REQUEST:
+        if n < 3:
+            raise MalformedMessage("malformed message: request without an operation")
+        request_id = d.uint()
+        op = d.uint()
+        want = _ARITY.get(op)
+        if want is None:
+            raise UnknownOperation(request_id, op)
+        if n - 3 != want:
+            raise MalformedMessage("malformed message: wrong number of fields for the operation")
+        if op == sem.CALL:
+            target = d.target()
+            args = d.values()
+            k = d.array()
+            if k % 2:
+                raise MalformedMessage("malformed message: odd keyword argument list")
+            kwargs = []
+            for _ in range(k // 2):
+                name = d.str()
+                kwargs.append((name, d.value()))
+            fields = (target, args, kwargs)
+        elif op == sem.GET_ATTR or op == sem.DEL_ATTR:
+            fields = (d.target(), d.str())
+        elif op == sem.GET_MODULE:
+            fields = (d.str(),)
+        elif op == sem.SET_ATTR:
+            fields = (d.target(), d.str(), d.value())
+        elif op == sem.STATS:
+            fields = ()
+        else:
+            fields = (d.target(),)
+        d.end()
+        return (KIND_REQUEST, request_id, op, fields)
+    if kind == KIND_RELEASE:
+        if n % 2 == 0:
+            raise MalformedMessage("malformed message: release list is not id/count pairs")
+        pairs = []
+        for _ in range(n // 2):
+            ref_id = d.uint()
+            count = d.uint()
+            if count > _U32_MAX:
+                raise MalformedMessage("malformed message: release count out of range")
+            pairs.append((ref_id, count))
+        d.end()
+        return (KIND_RELEASE, pairs)
+    if kind in (KIND_REPLY_OK, KIND_REPLY_ERR):
+        raise MalformedMessage("malformed message: a reply, but the worker sends no requests")
+    raise MalformedMessage("unknown message kind %d" % kind)
+
+
+def decode_settings(data):
+    """Decodes the settings frame (a map)."""
+    d = Decoder(data)
+    settings = d.map()
+    d.end()
+    return settings
+
+
+# ----------------------------------------------------------------- encoding
+
+_pack_u16 = struct.Struct(">BH").pack
+_pack_u32 = struct.Struct(">BI").pack
+_pack_u64 = struct.Struct(">BQ").pack
+_pack_i8 = struct.Struct(">Bb").pack
+_pack_i16 = struct.Struct(">Bh").pack
+_pack_i32 = struct.Struct(">Bi").pack
+_pack_i64 = struct.Struct(">Bq").pack
+_pack_f64 = struct.Struct(">Bd").pack
+_pack_len = struct.Struct(">I").pack
+_pack_complex = struct.Struct("<dd").pack
+
+
+class Encoder:
+    """Encodes values and messages as core's codec does. Large ``bytes``
+    values are kept as separate chunks (written without a copy) unless the
+    encoder is ``contiguous`` (extension payloads must be)."""
+
+    __slots__ = ("buf", "chunks", "contiguous")
+
+    def __init__(self, contiguous=False):
+        self.buf = bytearray()
+        self.chunks = []
+        self.contiguous = contiguous
+
+    def finish(self):
+        """The encoded chunks (a list of bytes-like objects)."""
+        if self.buf:
+            self.chunks.append(self.buf)
+            self.buf = bytearray()
+        return self.chunks
+
+    def uint(self, v):
+        buf = self.buf
+        if v < 0x80:
+            buf.append(v)
+        elif v <= 0xFF:
+            buf.append(0xCC)
+            buf.append(v)
+        elif v <= 0xFFFF:
+            buf += _pack_u16(0xCD, v)
+        elif v <= 0xFFFFFFFF:
+            buf += _pack_u32(0xCE, v)
+        else:
+            buf += _pack_u64(0xCF, v)
+
+    def int(self, v):
+        if v >= 0:
+            if v <= _I64_MAX:
+                self.uint(v)
+                return
+        elif v >= -32:
+            self.buf.append(v + 0x100)
+            return
+        elif v >= -0x80:
+            self.buf += _pack_i8(0xD0, v)
+            return
+        elif v >= -0x8000:
+            self.buf += _pack_i16(0xD1, v)
+            return
+        elif v >= -0x80000000:
+            self.buf += _pack_i32(0xD2, v)
+            return
+        elif v >= _I64_MIN:
+            self.buf += _pack_i64(0xD3, v)
+            return
+        self.ext(EXT_BIGINT, sem.int_to_bytes(v))
+
+    def _len_header(self, n, fix_base, fix_max, m8, m16, m32):
+        buf = self.buf
+        if fix_base is not None and n < fix_max:
+            buf.append(fix_base | n)
+        elif m8 is not None and n <= 0xFF:
+            buf.append(m8)
+            buf.append(n)
+        elif n <= 0xFFFF:
+            buf += _pack_u16(m16, n)
+        else:
+            buf += _pack_u32(m32, n)
+
+    def str(self, s):
+        raw = s.encode("utf-8")
+        n = len(raw)
+        if n < 32:
+            self.buf.append(0xA0 | n)
+        else:
+            self._len_header(n, None, 0, 0xD9, 0xDA, 0xDB)
+        self.buf += raw
+
+    def bin(self, b):
+        n = len(b)
+        self._len_header(n, None, 0, 0xC4, 0xC5, 0xC6)
+        if n >= ZERO_COPY_MIN and not self.contiguous:
+            self.chunks.append(self.buf)
+            self.chunks.append(b)
+            self.buf = bytearray()
+        else:
+            self.buf += b
+
+    def array(self, n):
+        if n < 16:
+            self.buf.append(0x90 | n)
+        else:
+            self._len_header(n, None, 0, None, 0xDC, 0xDD)
+
+    def ext(self, ty, payload):
+        n = len(payload)
+        if n in (1, 2, 4, 8, 16):
+            self.buf.append({1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}[n])
+        else:
+            self._len_header(n, None, 0, 0xC7, 0xC8, 0xC9)
+        self.buf.append(ty)
+        self.buf += payload
+
+    def value(self, v):
+        """Encodes a boxed value (see :mod:`farcall_semantics`)."""
+        t = type(v)
+        if t is int:
+            self.int(v)
+        elif t is str:
+            self.str(v)
+        elif v is None:
+            self.buf.append(0xC0)
+        elif t is float:
+            self.buf += _pack_f64(0xCB, v)
+        elif t is bool:
+            self.buf.append(0xC3 if v else 0xC2)
+        elif t is bytes:
+            self.bin(v)
+        elif t is tuple:
+            self.array(len(v))
+            for item in v:
+                self.value(item)
+        elif t is sem.Ref:
+            inner = Encoder(True)
+            inner.ref(v)
+            self.ext(EXT_SENDER_OBJECT, b"".join(inner.finish()))
+        elif t is complex:
+            self.ext(EXT_COMPLEX, _pack_complex(v.real, v.imag))
+        elif t is frozenset:
+            inner = Encoder(True)
+            inner.array(len(v))
+            for item in v:
+                inner.value(item)
+            self.ext(EXT_FROZENSET, b"".join(inner.finish()))
+        elif t is sem.Target:
+            inner = Encoder(True)
+            inner.target(v)
+            self.ext(EXT_RECEIVER_OBJECT, b"".join(inner.finish()))
+        else:
+            raise sem.InternalError("cannot encode a value of type %s" % sem.type_name(v))
+
+    def ref(self, r):
+        buf = self.buf
+        buf.append(0x94)
+        self.uint(r.id)
+        self.str(r.type_name)
+        self.uint(r.flags)
+        self.array(len(r.attrs))
+        for a in r.attrs:
+            if a.kind == sem.LAZY_MODULE:
+                self.buf.append(0x93)
+                self.str(a.name)
+                self.buf.append(sem.LAZY_MODULE)
+                self.str(a.module)
+            else:
+                self.buf.append(0x92)
+                self.str(a.name)
+                self.buf.append(a.kind)
+
+    def target(self, t):
+        self.array(1 + len(t.path))
+        self.uint(t.id)
+        for name in t.path:
+            self.str(name)
+
+    def exception(self, e):
+        """Encodes :class:`farcall_semantics.ExceptionData`."""
+        self.buf.append(0x95)
+        self.str(e[0])
+        self.str(e[1])
+        self.array(len(e[2]))
+        for a in e[2]:
+            self.value(a)
+        self.str(e[3])
+        self.str(e[4])
+
+
+def encode_reply(request_id, value):
+    """The chunks of ``[1, id, value]``."""
+    e = Encoder()
+    e.buf.append(0x93)
+    e.buf.append(KIND_REPLY_OK)
+    e.uint(request_id)
+    e.value(value)
+    return e.finish()
+
+
+def encode_error(request_id, data):
+    """The chunks of ``[2, id, exception]`` for an :class:`ExceptionData`."""
+    e = Encoder()
+    e.buf.append(0x93)
+    e.buf.append(KIND_REPLY_ERR)
+    e.uint(request_id)
+    e.exception(data)
+    return e.finish()
+
+
+def encode_notice(reason, detail):
+    """The body of a notice ``[127, reason, detail]``."""
+    e = Encoder(True)
+    e.buf.append(0x93)
+    e.uint(KIND_NOTICE)
+    e.str(reason)
+    e.str(sem.lossy(detail))
+    return b"".join(e.finish())
+
+
+def encode_map(mapping):
+    """A map of string keys to strings and integers (the hello)."""
+    e = Encoder(True)
+    n = len(mapping)
+    if n < 16:
+        e.buf.append(0x80 | n)
+    else:
+        e.buf += _pack_u16(0xDE, n)
+    for k, v in mapping.items():
+        e.str(k)
+        e.value(v)
+    return b"".join(e.finish())
+
+
+# ----------------------------------------------------------------- frames
+
+
+def read_frame(reader):
+    """One frame body from a buffered binary reader, or ``None`` when the
+    stream ends between frames."""
+    head = reader.read(4)
+    if not head:
+        return None
+    if len(head) < 4:
+        raise MalformedMessage("the stream ended inside a frame's length")
+    n = _be_u32(head, 0)[0]
+    body = reader.read(n)
+    if len(body) < n:
+        raise MalformedMessage("the stream ended inside a frame (%d of %d bytes)" % (len(body), n))
+    return body
+
+
+def write_frame(fd, chunks):
+    """Writes the length prefix and ``chunks`` to ``fd`` (with vectored
+    writes, so large chunks are not copied)."""
+    total = 0
+    for c in chunks:
+        total += len(c)
+    if total > _U32_MAX:
+        raise sem.ProtocolError("the reply is too large to send: %d bytes (at most 4 GiB per message)" % total)
+    parts = [_pack_len(total)] + [memoryview(c) for c in chunks if len(c)]
+    while parts:
+        written = os.writev(fd, parts[:512])
+        while written:
+            n = len(parts[0])
+            if written >= n:
+                written -= n
+                parts.pop(0)
+            else:
+                parts[0] = parts[0][written:]
+                written = 0
+
+
+# ----------------------------------------------------------------- serving
+
+
+class Worker:
+    """Serves one session: reads frames from ``reader``, performs them on a
+    :class:`farcall_semantics.Session`, writes replies to ``fd_out``.
+
+    Threads take turns at reading (leader/followers): the reading thread
+    applies releases itself, and on a request hands the reading role to an
+    idle thread (starting one if none is idle) before performing it, so a
+    call costs no thread hand-off and a slow call holds up no other.
+    """
+
+    def __init__(self, reader, fd_out, max_memory_mb=0):
+        #: The session's object table and namespace.
+        self.session = sem.Session()
+        self.reader = reader
+        self.fd_out = fd_out
+        self.max_memory_mb = max_memory_mb
+        # Held by the thread reading frames.
+        self.read_lock = threading.Lock()
+        # Held while a frame is written.
+        self.write_lock = threading.Lock()
+        # Guards `idle` (threads waiting to read) and `threads` (all serving threads).
+        self.count_lock = threading.Lock()
+        self.idle = 0
+        self.threads = 1
+        # Prepared now: when memory runs out there may be none to encode it.
+        self.out_of_memory_notice = encode_notice(
+            "out_of_memory", "a request ran out of memory (max_memory_mb = %d)" % max_memory_mb
+        )
+
+    def send(self, chunks):
+        with self.write_lock:
+            try:
+                write_frame(self.fd_out, chunks)
+            except (BrokenPipeError, OSError):
+                # The server is gone.
+                os._exit(0)
+
+    def die(self, code, reason, detail=None, body=None):
+        """Writes a notice (if the pipe is free soon) and ends the process."""
+        try:
+            if body is None:
+                body = encode_notice(reason, detail)
+            if self.write_lock.acquire(timeout=2):
+                os.write(self.fd_out, _pack_len(len(body)) + body)
+        except BaseException:
+            pass
+        os._exit(code)
+
+    def out_of_memory(self):
+        self.die(EXIT_OUT_OF_MEMORY, "out_of_memory", body=self.out_of_memory_notice)
+
+    def next_request(self):
+        """The next request (releases met before it are applied), or
+        ``None`` when the server closed the pipe."""
+        while True:
+            body = read_frame(self.reader)
+            if body is None:
+                return None
+            msg = decode_message(body)
+            if msg[0] == KIND_RELEASE:
+                self.session.release(msg[1])
+                continue
+            return msg
+
+    def serve(self):
+        """The loop of each serving thread; never returns."""
+        try:
+            while True:
+                with self.count_lock:
+                    self.idle += 1
+                with self.read_lock:
+                    with self.count_lock:
+                        self.idle -= 1
+                    try:
+                        msg = self.next_request()
+                    except UnknownOperation as e:
+                        msg = e
+                if msg is None:
+                    os._exit(0)
+                self.keep_a_reader()
+                if isinstance(msg, UnknownOperation):
+                    err = sem.describe(sem.ProtocolError("unknown operation %d" % msg.op))
+                    self.send(encode_error(msg.request_id, err))
+                else:
+                    self.perform(msg[1], msg[2], msg[3])
+        except MalformedMessage as e:
+            self.die(EXIT_PROTOCOL, "protocol", "the worker received a malformed message: %s" % e)
+        except MemoryError:
+            self.out_of_memory()
+        except BaseException:
+            import traceback
+
+            text = traceback.format_exc()
+            sys.stderr.write("farcall worker: internal error\n" + text)
+            self.die(EXIT_INTERNAL, "internal", "internal error in the worker: " + text.strip().splitlines()[-1])
+
+    def keep_a_reader(self):
+        """Starts a serving thread if none is waiting to read."""
+        with self.count_lock:
+            if self.idle > 0 or self.threads >= MAX_THREADS:
+                return
+            self.threads += 1
+        try:
+            threading.Thread(target=self.serve, name="farcall-worker", daemon=True).start()
+        except Exception:
+            # No more threads (an address-space limit): serve with those there are.
+            with self.count_lock:
+                self.threads -= 1
+
+    def perform(self, request_id, op, fields):
+        limited = self.max_memory_mb > 0
+        try:
+            try:
+                chunks = encode_reply(request_id, self.session.handle(op, *fields))
+            except MemoryError:
+                if limited:
+                    self.out_of_memory()
+                raise
+        except BaseException as e:
+            try:
+                chunks = encode_error(request_id, sem.describe(e))
+            except MemoryError:
+                if limited:
+                    self.out_of_memory()
+                chunks = encode_error(request_id, _internal("MemoryError while describing an exception"))
+            except BaseException as e2:
+                chunks = encode_error(request_id, _internal("could not describe an exception: %r" % (e2,)))
+        try:
+            self.send(chunks)
+        except sem.ProtocolError as e:
+            self.send(encode_error(request_id, sem.describe(e)))
+
+
+def _internal(message):
+    return sem.ExceptionData("farcall", "InternalError", [message], message, "")
+
+
+def _isolate_stdio():
+    """Moves the frame pipes off file descriptors 0 and 1, so that nothing
+    user code does with standard input and output can touch them; returns
+    ``(fd_in, fd_out)``."""
+    fd_in = os.dup(0)
+    fd_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    try:
+        sys.stdout.flush()
+        sys.stdout.reconfigure(line_buffering=True)
+    except Exception:
+        pass
+    return fd_in, fd_out
+
+
+def main():
+    """Runs the worker: settings, hello, then serving until stdin closes."""
+    fd_in, fd_out = _isolate_stdio()
+    # `python -c` puts the current directory first on sys.path; the embedded
+    # interpreter does not, and neither does this worker.
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+    import __main__
+
+    for name in ("sys", "_farcall_worker"):
+        __main__.__dict__.pop(name, None)
+    try:
+        import faulthandler
+        import signal
+
+        # A crash prints where it happened (the server shows it in the error).
+        faulthandler.enable()
+        # Signals are left alone, as by the embedded interpreter.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except Exception:
+        pass
+    reader = io.open(fd_in, "rb", buffering=1 << 16)
+    body = read_frame(reader)
+    if body is None:
+        os._exit(0)
+    settings = decode_settings(body)
+    worker = Worker(reader, fd_out, int(settings.get("max_memory_mb") or 0))
+    hello = {
+        "farcall_worker": PROTOCOL,
+        "python_version": sys.version.split()[0],
+        "prefix": sem.lossy(sys.prefix or ""),
+        "executable": sem.lossy(sys.executable or ""),
+        "pid": os.getpid(),
+    }
+    # A second thread ready to take over reading, so that the first request
+    # does not wait for one to start.
+    worker.keep_a_reader()
+    worker.send([encode_map(hello)])
+    worker.serve()
