@@ -77,6 +77,9 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig> {
 fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
     match config.evaluator.backend {
         Backend::Embedded => {
+            if config.evaluator.call_timeout().is_some() {
+                tracing::warn!("evaluator.call_timeout_s is enforced by the subprocess backend only: the embedded interpreter cannot stop a running call");
+            }
             let e = farcall_backend_embedded::EmbeddedEvaluator::start()?;
             Ok(Arc::new(e))
         }
@@ -84,7 +87,16 @@ fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
             let path = config.evaluator.plugin.as_ref().context("evaluator.backend = \"plugin\" needs evaluator.plugin = PATH")?;
             Ok(Arc::new(farcall_backend_plugin::PluginEvaluator::load(path)?))
         }
-        other => bail!("evaluator.backend = \"{other}\" is not available in this build yet; use \"embedded\" or \"plugin\""),
+        Backend::Subprocess => {
+            let e = &config.evaluator;
+            let options = farcall_backend_subprocess::SubprocessOptions {
+                python: e.python.clone(),
+                prestart: e.prestart as usize,
+                max_memory_mb: e.max_memory_mb,
+                call_timeout: e.call_timeout(),
+            };
+            Ok(Arc::new(farcall_backend_subprocess::SubprocessEvaluator::start(options)?))
+        }
     }
 }
 
