@@ -24,6 +24,98 @@ pub fn embedded() -> Arc<dyn Evaluator> {
     E.get_or_init(|| Arc::new(EmbeddedEvaluator::start().expect("embedded CPython starts"))).clone()
 }
 
+/// The process-wide subprocess evaluator (workers run `python3` from PATH).
+pub fn subprocess() -> Arc<dyn Evaluator> {
+    static E: OnceLock<Arc<farcall_backend_subprocess::SubprocessEvaluator>> = OnceLock::new();
+    E.get_or_init(|| {
+        let options = farcall_backend_subprocess::SubprocessOptions { prestart: 2, ..Default::default() };
+        Arc::new(farcall_backend_subprocess::SubprocessEvaluator::start(options).expect("subprocess evaluator starts"))
+    })
+    .clone()
+}
+
+/// The fake evaluator shipped as a plugin (`backends/plugin-fake`), loaded
+/// through the C ABI from the shared library cargo built beside the tests.
+pub fn plugin_fake() -> Arc<dyn Evaluator> {
+    let exe = std::env::current_exe().expect("test executable");
+    let deps = exe.parent().expect("deps folder");
+    let name = "libfarcall_plugin_fake.so";
+    let path = [deps.join(name), deps.parent().expect("profile folder").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("libfarcall_plugin_fake.so, built by cargo as a dependency of this crate");
+    Arc::new(farcall_backend_plugin::PluginEvaluator::load(&path).expect("the fake plugin loads"))
+}
+
+/// The Python evaluators the behavioural suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// CPython inside the server.
+    Embedded,
+    /// A worker interpreter process per session.
+    Subprocess,
+}
+
+impl Backend {
+    /// The (process-wide) evaluator.
+    pub fn evaluator(self) -> Arc<dyn Evaluator> {
+        match self {
+            Backend::Embedded => embedded(),
+            Backend::Subprocess => subprocess(),
+        }
+    }
+
+    /// The interpreter it runs: the build's for the embedded backend, the
+    /// configured one (`python3`) for the subprocess backend.
+    pub fn python(self) -> &'static str {
+        match self {
+            Backend::Embedded => farcall_backend_embedded::BUILD_PYTHON,
+            Backend::Subprocess => "python3",
+        }
+    }
+}
+
+/// One combination of the behavioural suite: a transport and a Python backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// How the client reaches the server.
+    pub transport: Transport,
+    /// What evaluates.
+    pub backend: Backend,
+}
+
+impl Case {
+    /// A server for this case.
+    pub fn server(self) -> TestServer {
+        TestServer::start_on(self.transport, self.backend.evaluator())
+    }
+}
+
+/// Runs each named test function (taking a [`Case`]) once per backend and
+/// transport, in modules `embedded::tcp`, ..., `subprocess::quic`.
+#[macro_export]
+macro_rules! per_case {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $crate::per_case!(@transports Embedded; $($test),*);
+        }
+        mod subprocess {
+            $crate::per_case!(@transports Subprocess; $($test),*);
+        }
+    };
+    (@transports $backend:ident; $($test:ident),*) => {
+        mod tcp {
+            $( #[test] fn $test() { super::super::$test($crate::Case { transport: $crate::Transport::Tcp, backend: $crate::Backend::$backend }) } )*
+        }
+        mod tls {
+            $( #[test] fn $test() { super::super::$test($crate::Case { transport: $crate::Transport::Tls, backend: $crate::Backend::$backend }) } )*
+        }
+        mod quic {
+            $( #[test] fn $test() { super::super::$test($crate::Case { transport: $crate::Transport::Quic, backend: $crate::Backend::$backend }) } )*
+        }
+    };
+}
+
 /// The transports a test can run over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

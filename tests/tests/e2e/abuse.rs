@@ -181,3 +181,27 @@ per_transport!(
     the_server_going_away_mid_call_is_connection_lost_not_a_hang,
     connection_limit_is_a_clear_refusal,
 );
+
+/// The harness serves any evaluator: here the fake shipped as a plugin,
+/// loaded through the C ABI, driven by a real client over every transport.
+fn the_fake_plugin_serves_a_real_client(t: Transport) {
+    let server = TestServer::start_on(t, farcall_tests::plugin_fake());
+    let c = server.client();
+    assert_eq!(c.server().backend, "fake");
+    let pow: RemoteObject = c.module("math").unwrap().getattr("pow").unwrap().extract().unwrap();
+    let r: f64 = pow.call(vec![3.into(), 2.into()]).unwrap().extract().unwrap();
+    assert_eq!(r, 9.0);
+    let held: Vec<Remote> = (0..100)
+        .map(|_| c.module("echo").unwrap().getattr("obj").unwrap().extract::<RemoteObject>().unwrap().call(vec![]).unwrap())
+        .collect();
+    let (live, _) = c.stats().unwrap();
+    drop(held);
+    c.flush_releases().unwrap();
+    let (after, _) = c.stats().unwrap();
+    assert!(after + 100 <= live, "{live} -> {after}");
+}
+
+mod plugin {
+    farcall_tests::per_transport!(the_fake_plugin_serves_a_real_client);
+    use super::the_fake_plugin_serves_a_real_client;
+}

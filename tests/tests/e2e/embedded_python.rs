@@ -1,28 +1,31 @@
-// The embedded CPython through a real server and the Rust client: values,
-// exceptions, references and their release, concurrency, and the
-// interpreter's identity.
+// Python through a real server and the Rust client, once per backend
+// (embedded, subprocess) and transport: values, exceptions, references and
+// their release, concurrency, and the interpreter's identity.
 
 use std::process::Command;
 
 use farcall_client::{Client, ClientError, Remote, RemoteObject};
-use farcall_tests::{embedded, per_transport, TestServer, Transport};
+use farcall_tests::{per_case, Backend, Case};
 
 fn func(c: &Client, module: &str, name: &str) -> RemoteObject {
     c.module(module).unwrap().getattr(name).unwrap().extract().unwrap()
 }
 
-fn the_embedded_python_is_the_one_the_build_used(t: Transport) {
-    let out = Command::new(farcall_backend_embedded::BUILD_PYTHON)
+/// The handshake names the interpreter that evaluates: for the embedded
+/// backend the one the build used (not another libpython of the same
+/// soname), for the subprocess backend the configured one.
+fn the_python_is_the_one_configured(c: Case) {
+    let out = Command::new(c.backend.python())
         .args(["-c", "import sys, platform; print(platform.python_version()); print(sys.prefix)"])
         .output()
-        .expect("the build's python runs");
+        .expect("the python runs");
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
     let (version, prefix) = (lines.next().unwrap(), lines.next().unwrap());
-    let server = TestServer::start_on(t, embedded());
+    let server = c.server();
     let client = server.client();
     let info = client.server();
-    assert_eq!(info.backend, "embedded");
+    assert_eq!(info.backend, if c.backend == Backend::Embedded { "embedded" } else { "subprocess" });
     assert_eq!(info.python_version, version);
     assert_eq!(info.python_prefix, prefix);
     // And the server really runs that interpreter.
@@ -30,8 +33,8 @@ fn the_embedded_python_is_the_one_the_build_used(t: Transport) {
     assert_eq!(sys_prefix, prefix);
 }
 
-fn values_round_trip_exactly(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn values_round_trip_exactly(c: Case) {
+    let server = c.server();
     let c = server.client();
     let echo = func(&c, "builtins", "tuple");
     let pow = func(&c, "builtins", "pow");
@@ -59,8 +62,8 @@ fn values_round_trip_exactly(t: Transport) {
     );
 }
 
-fn ten_megabytes_of_bytes_arrive_intact(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn ten_megabytes_of_bytes_arrive_intact(c: Case) {
+    let server = c.server();
     let c = server.client();
     let urandom = func(&c, "os", "urandom");
     let data: Vec<u8> = urandom.call(vec![10_000_000.into()]).unwrap().extract().unwrap();
@@ -72,8 +75,8 @@ fn ten_megabytes_of_bytes_arrive_intact(t: Transport) {
     assert_eq!(sum, data.iter().map(|&b| b as i64).sum::<i64>());
 }
 
-fn remote_exceptions_carry_type_and_traceback(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn remote_exceptions_carry_type_and_traceback(c: Case) {
+    let server = c.server();
     let c = server.client();
     let err = func(&c, "math", "sqrt").call(vec![Remote::Int(-1)]).unwrap_err();
     let ClientError::Remote(e) = err else { panic!("{err:?}") };
@@ -89,8 +92,8 @@ fn remote_exceptions_carry_type_and_traceback(t: Transport) {
     assert_eq!(e.qualified_type(), "json.decoder.JSONDecodeError");
 }
 
-fn mutation_is_refused_and_changes_nothing(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn mutation_is_refused_and_changes_nothing(c: Case) {
+    let server = c.server();
     let c = server.client();
     let math = c.module("math").unwrap();
     let err = math.setattr("pi", Remote::Int(3)).unwrap_err();
@@ -101,8 +104,8 @@ fn mutation_is_refused_and_changes_nothing(t: Transport) {
     assert_eq!(pi, std::f64::consts::PI);
 }
 
-fn dropped_references_are_released_on_the_server(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn dropped_references_are_released_on_the_server(c: Case) {
+    let server = c.server();
     let c = server.client();
     let list = func(&c, "builtins", "list");
     let (before, _) = c.stats().unwrap();
@@ -116,8 +119,8 @@ fn dropped_references_are_released_on_the_server(t: Transport) {
     assert!(total >= 2000);
 }
 
-fn a_proxy_passed_back_is_the_servers_own_object(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn a_proxy_passed_back_is_the_servers_own_object(c: Case) {
+    let server = c.server();
     let c = server.client();
     let l = func(&c, "builtins", "list").call(vec![Remote::Tuple(vec![1.into(), 2.into(), 3.into()])]).unwrap();
     let n: i64 = func(&c, "builtins", "len").call(vec![l]).unwrap().extract().unwrap();
@@ -129,8 +132,8 @@ fn a_proxy_passed_back_is_the_servers_own_object(t: Transport) {
     assert!(matches!(err, ClientError::Usage(_)), "{err:?}");
 }
 
-fn sessions_do_not_share_objects(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn sessions_do_not_share_objects(c: Case) {
+    let server = c.server();
     let a = server.client();
     let b = server.client();
     let held = func(&a, "builtins", "object").call(vec![]).unwrap();
@@ -140,8 +143,8 @@ fn sessions_do_not_share_objects(t: Transport) {
     drop(held);
 }
 
-fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones(c: Case) {
+    let server = c.server();
     let c = server.client();
     let sleep = func(&c, "time", "sleep");
     let slow = std::thread::spawn(move || sleep.call(vec![Remote::Float(1.0)]));
@@ -164,8 +167,8 @@ fn one_connection_serves_many_threads_and_slow_calls_do_not_block_fast_ones(t: T
     slow.join().unwrap().unwrap();
 }
 
-per_transport!(
-    the_embedded_python_is_the_one_the_build_used,
+per_case!(
+    the_python_is_the_one_configured,
     values_round_trip_exactly,
     ten_megabytes_of_bytes_arrive_intact,
     remote_exceptions_carry_type_and_traceback,

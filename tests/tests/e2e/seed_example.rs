@@ -2,10 +2,10 @@
 
 use crate::seed;
 
-use farcall_tests::{embedded, per_transport, TestServer, Transport};
+use farcall_tests::{per_case, Case};
 
-fn the_rust_example_runs_against_a_real_server(t: Transport) {
-    let server = TestServer::start_on(t, embedded());
+fn the_rust_example_runs_against_a_real_server(c: Case) {
+    let server = c.server();
     let lines = seed::run(&server.url(), &server.options()).expect("example runs");
     assert!(lines.iter().any(|l| l == "math.pow(3, 2) = 9"), "{lines:?}");
     assert!(lines.iter().any(|l| l == "os.path.sep = \"/\""), "{lines:?}");
@@ -13,4 +13,4 @@ fn the_rust_example_runs_against_a_real_server(t: Transport) {
     assert!(lines.iter().any(|l| l == "no_such_module raised builtins.ModuleNotFoundError"), "{lines:?}");
 }
 
-per_transport!(the_rust_example_runs_against_a_real_server,);
+per_case!(the_rust_example_runs_against_a_real_server,);
