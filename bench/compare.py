@@ -1,17 +1,37 @@
-"""farcall against RPyC, and farcall over tcp://, tls:// and quic://, on this machine in one run.
+"""farcall's backends against each other and RPyC, and farcall over tcp://, tls:// and quic://, in one run.
 
     .venv/bin/python bench/compare.py [--iterations N] [--bulk-iterations N] [--connections N]
+                                      [--backend-connections N] [--boot-connections N]
+                                      [--parallel-seconds S] [--parallel-n N] [--worker-python PATH]
                                       [--impaired-calls N] [--impaired-transfers N] [--impaired-budget S]
-                                      [--impaired-max-transfer S] [--skip-rpyc] [--relay-counters]
+                                      [--impaired-max-transfer S] [--relay-counters]
+                                      [--skip-rpyc] [--skip-backends] [--skip-parallel]
+                                      [--skip-transports] [--skip-impaired]
 
-Part 1, farcall against RPyC. Starts `farcall serve` ($FARCALL_BIN, default
-target/release/farcall) on tcp://127.0.0.1:0 and an RPyC classic server,
-plus a raw TCP echo process as the floor, and measures for each:
+Part 1, backends and RPyC. Starts `farcall serve` ($FARCALL_BIN, default
+target/release/farcall) on tcp://127.0.0.1:0 three times: with the embedded
+backend, with `backend = "subprocess"` and `prestart = 2`, and with
+`prestart = 0` (workers run --worker-python, default this interpreter), plus
+an RPyC classic server and a raw TCP echo process as the floor. Over one
+connection to each, taking turns in rounds, it measures:
 
   (a) a prefetched remote function call `p(3, 2)`, median and p99
   (b) `conn.modules.math.pow(3, 2)` written out in full each time, median
   (c) throughput of a call returning 10 MB of bytes
   (d) raw TCP: a small ping-pong between two processes (the one-round-trip floor)
+  (e) connect + handshake + `conn.modules.math.pow(3, 2)` + close, all timed,
+      median: paced (150 ms idle before each, so a prestart pool is full) and
+      back to back (--backend-connections each; --boot-connections for
+      prestart 0, where every connect boots an interpreter)
+
+It prints embedded farcall against RPyC (with the floor), then all four side
+by side.
+
+Part 1b, client processes at once. 1, 2 and 8 client processes, each with its
+own connection, call a prefetched `math.factorial(--parallel-n)` (~1 ms, and
+it holds the GIL: checked here with two threads) for --parallel-seconds after
+a common start, against the embedded and the subprocess (prestart 2) server;
+it prints calls per second and the speed-up over one process.
 
 Part 2, transports. Makes certificates in a temporary folder (`farcall certs
 --server-name 127.0.0.1 --client bench`) and starts ONE `farcall serve` whose
@@ -40,6 +60,7 @@ first and stops early if it exceeds its time budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -51,7 +72,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -232,51 +253,372 @@ def stop_process(process: subprocess.Popen) -> None:
             process.wait()
 
 
-# ---------------------------------------------------------------- part 1: RPyC
+# ------------------------------------------------- part 1: backends and RPyC
+
+EMBEDDED = "embedded"
+SUBPROCESS_WARM = "subprocess, prestart 2"
+SUBPROCESS_COLD = "subprocess, prestart 0"
+RPYC = "RPyC"
+CONNECT_PACE_S = 0.15  # idle time before each paced connect: lets a prestart pool refill (an interpreter boots in ~20 ms)
 
 
-def bench_rpc(name: str, conn, args: argparse.Namespace) -> dict[str, Stats]:
-    """The three RPC measurements; `conn` is a farcall or an RPyC classic connection."""
-    prefetched = conn.modules.math.pow
-    assert prefetched(3, 2) == 9.0
-    bulk = conn.modules.builtins.bytes(BULK_BYTES)
-    assert type(bulk) is bytes and len(bulk) == BULK_BYTES, f"{name}: 10 MB did not arrive as bytes"
-    print(f"  {name}: prefetched call ...", flush=True)
-    results = {"prefetched": measure(lambda: prefetched(3, 2), args.iterations, args.iterations // 10, 20)}
-    print(f"  {name}: full expression ...", flush=True)
-    results["full"] = measure(lambda: conn.modules.math.pow(3, 2), args.iterations, args.iterations // 10, 20)
-    print(f"  {name}: 10 MB of bytes ...", flush=True)
-    results["bulk"] = measure(lambda: conn.modules.builtins.bytes(BULK_BYTES), args.bulk_iterations, 2, 30)
-    return results
+@dataclass
+class Target:
+    """Something to call over tcp:// on 127.0.0.1: a farcall server with one backend, or the RPyC classic server."""
+
+    name: str
+    open: Callable[[], Any]  # a new connection
+    child: Optional[Child] = None
+    process: Optional[subprocess.Popen] = None
+    url: str = ""
 
 
-def bench_farcall(binary: Path, args: argparse.Namespace) -> dict[str, Stats]:
+def farcall_evaluator_config(name: str, worker_python: str) -> str:
+    if name == EMBEDDED:
+        return 'backend = "embedded"\n'
+    prestart = 2 if name == SUBPROCESS_WARM else 0
+    return f'backend = "subprocess"\npython = {json.dumps(worker_python)}\nprestart = {prestart}\n'
+
+
+def start_farcall_target(binary: Path, name: str, work: Path, worker_python: str) -> Target | str:
+    """`farcall serve` on tcp://127.0.0.1:0 with the backend `name`; a Target, or why it did not start."""
     import farcall
 
-    process, line = start_process([str(binary), "serve", "--listen", "tcp://127.0.0.1:0"], "farcall serve")
-    try:
-        address = line.rsplit(" ", 1)[-1]
-        with farcall.connect(address) as conn:
-            return bench_rpc("farcall", conn, args)
-    finally:
-        stop_process(process)
+    slug = re.sub(r"[^a-z0-9]+", "-", name)
+    config = work / f"backend-{slug}.toml"
+    config.write_text(
+        '[server]\nlisten = ["tcp://127.0.0.1:0"]\n\n[evaluator]\n' + farcall_evaluator_config(name, worker_python)
+    )
+    child = spawn([str(binary), "serve", "--config", str(config)], stderr_path=work / f"backend-{slug}.log")
+    line = child.lines.take(START_TIMEOUT_S)
+    if line is None:
+        stop_process(child.process)
+        return first_line_about(child.stderr_text(), "evaluator") + f" (exit code {child.process.poll()})"
+    url = line.rsplit(" ", 1)[-1]
+    return Target(name, lambda: farcall.connect(url), child=child, url=url)
 
 
-def bench_rpyc(args: argparse.Namespace) -> dict[str, Stats]:
+def start_rpyc_target() -> Target:
     import rpyc
 
     process, port = start_process([sys.executable, "-c", RPYC_SERVER], "the RPyC classic server")
+    return Target(RPYC, lambda: rpyc.classic.connect("127.0.0.1", int(port)), process=process)
+
+
+def stop_target(target: Target) -> None:
+    if target.child is not None:
+        stop_process(target.child.process)
+    if target.process is not None:
+        stop_process(target.process)
+
+
+@dataclass
+class BackendResult:
+    prefetched: Stats
+    full: Stats
+    bulk: Stats
+    connect_paced: Stats
+    connect_back_to_back: Stats
+
+
+def connect_call_close(target: Target) -> None:
+    conn = target.open()
     try:
-        conn = rpyc.classic.connect("127.0.0.1", int(port))
-        try:
-            return bench_rpc("RPyC", conn, args)
-        finally:
-            conn.close()
+        assert conn.modules.math.pow(3, 2) == 9.0
     finally:
-        stop_process(process)
+        conn.close()
 
 
-def bench_raw_tcp(args: argparse.Namespace) -> Stats:
+def bench_backends(
+    targets: list[Target], args: argparse.Namespace, floor_ping: Optional[Callable[[], None]] = None
+) -> tuple[dict[str, BackendResult], Optional[Stats]]:
+    """(a), (b), (c), (e) for each target, and (d) with `floor_ping`, taking turns in rounds."""
+    names = [t.name for t in targets]
+    floor_samples: list[int] = []
+    conns: dict[str, Any] = {}
+    samples: dict[str, dict[str, list[int]]] = {
+        t.name: {k: [] for k in ("prefetched", "full", "bulk", "paced", "back_to_back")} for t in targets
+    }
+    try:
+        for t in targets:
+            conn = conns[t.name] = t.open()
+            assert conn.modules.math.pow(3, 2) == 9.0
+            bulk = conn.modules.builtins.bytes(BULK_BYTES)
+            assert type(bulk) is bytes and len(bulk) == BULK_BYTES, f"{t.name}: 10 MB did not arrive as bytes"
+            del bulk
+        also = "raw TCP ping-pong, " if floor_ping is not None else ""
+        print(
+            f"  {also}prefetched p(3, 2) and conn.modules.math.pow(3, 2): {', '.join(names)} ({ROUNDS} rounds) ...",
+            flush=True,
+        )
+        per_round = -(-args.iterations // ROUNDS)
+        for _ in range(ROUNDS):
+            if floor_ping is not None:
+                floor_samples += measure(floor_ping, per_round, per_round // 10, 10 / ROUNDS).samples_ns
+            for t in targets:
+                conn = conns[t.name]
+                p = conn.modules.math.pow
+                samples[t.name]["prefetched"] += measure(lambda: p(3, 2), per_round, per_round // 10, 20 / ROUNDS).samples_ns
+                samples[t.name]["full"] += measure(
+                    lambda: conn.modules.math.pow(3, 2), per_round, per_round // 10, 20 / ROUNDS
+                ).samples_ns
+        print(f"  10 MB of bytes: {', '.join(names)} ...", flush=True)
+        per_round = -(-args.bulk_iterations // ROUNDS)
+        for _ in range(ROUNDS):
+            for t in targets:
+                builtins = conns[t.name].modules.builtins
+                samples[t.name]["bulk"] += measure(lambda: builtins.bytes(BULK_BYTES), per_round, 1, 30 / ROUNDS).samples_ns
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+    print(f"  connect + call + close: {', '.join(names)} ...", flush=True)
+    clock = time.perf_counter_ns
+    for t in targets:
+        for _ in range(2):  # warm-up
+            connect_call_close(t)
+            time.sleep(CONNECT_PACE_S)
+    for _ in range(ROUNDS):
+        for t in targets:
+            wanted = args.boot_connections if t.name == SUBPROCESS_COLD else args.backend_connections
+            per_round = -(-wanted // ROUNDS)
+            stop_at = time.monotonic() + 10 / ROUNDS
+            for _ in range(per_round):  # paced: idle first, so that a prestart pool is full again
+                time.sleep(CONNECT_PACE_S)
+                start = clock()
+                connect_call_close(t)
+                samples[t.name]["paced"].append(clock() - start)
+                if time.monotonic() > stop_at:
+                    break
+            time.sleep(CONNECT_PACE_S)
+            stop_at = time.monotonic() + 10 / ROUNDS
+            for _ in range(per_round):  # back to back: a prestart pool drains
+                start = clock()
+                connect_call_close(t)
+                samples[t.name]["back_to_back"].append(clock() - start)
+                if time.monotonic() > stop_at:
+                    break
+    results = {
+        name: BackendResult(
+            Stats(s["prefetched"]), Stats(s["full"]), Stats(s["bulk"]), Stats(s["paced"]), Stats(s["back_to_back"])
+        )
+        for name, s in samples.items()
+    }
+    return results, Stats(floor_samples) if floor_samples else None
+
+
+def print_backend_table(results: dict[str, BackendResult | str], worker_python: str) -> None:
+    columns = [name for name in (EMBEDDED, SUBPROCESS_WARM, SUBPROCESS_COLD, RPYC) if name in results]
+    heads = {EMBEDDED: "embedded", SUBPROCESS_WARM: "subproc. pre 2", SUBPROCESS_COLD: "subproc. pre 0", RPYC: "RPyC"}
+    width = 17
+    print()
+    print("farcall by backend, and RPyC (classic server): tcp:// on 127.0.0.1, one connection each, taking turns")
+    header = f"{'measurement':<42}" + "".join(f"{heads[c]:>{width}}" for c in columns)
+    print(header)
+    print("-" * len(header))
+    unavailable = {c: r for c, r in results.items() if isinstance(r, str)}
+    live = {c: r for c, r in results.items() if isinstance(r, BackendResult)}
+
+    def row(label: str, value: Callable[[BackendResult], float], fmt: str, suffix: str) -> None:
+        cells = []
+        for c in columns:
+            cells.append(unit(value(live[c]), fmt, suffix) if c in live else "n/a")
+        print(f"{label:<42}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+    row("prefetched p(3, 2), median", lambda r: r.prefetched.median_us, ".1f", "µs")
+    row("prefetched p(3, 2), p99", lambda r: r.prefetched.p99_us, ".1f", "µs")
+    row("conn.modules.math.pow(3, 2), median", lambda r: r.full.median_us, ".1f", "µs")
+    row("10 MB of bytes, throughput", lambda r: r.bulk.mb_s, ".0f", "MB/s")
+    row(f"connect+call+close, {CONNECT_PACE_S * 1000:.0f} ms apart, median", lambda r: r.connect_paced.median_ms, ".2f", "ms")
+    row("connect+call+close, back to back, median", lambda r: r.connect_back_to_back.median_ms, ".2f", "ms")
+    counts = []
+    for c in columns:
+        r = live.get(c)
+        counts.append(
+            f"{len(r.prefetched.samples_ns)}/{len(r.bulk.samples_ns)}/{len(r.connect_paced.samples_ns)}/"
+            f"{len(r.connect_back_to_back.samples_ns)}"
+            if r else "-"
+        )
+    print(f"{'samples (calls/10 MB/connects/connects)':<42}" + "".join(f"{cell:>{width}}" for cell in counts))
+    for c, why in unavailable.items():
+        print(f"{c}: not available ({why})")
+    if SUBPROCESS_WARM in results or SUBPROCESS_COLD in results:
+        print("'subprocess' runs each session in its own worker interpreter (a separate process) started from")
+        print(f"{worker_python}; 'pre 2' keeps 2 workers booted ahead, 'pre 0' boots one per connection.")
+    print("'connect+call+close' is farcall.connect() (rpyc.classic.connect() for RPyC), conn.modules.math.pow(3, 2)")
+    print(f"and close(), all timed; '{CONNECT_PACE_S * 1000:.0f} ms apart' leaves a prestart pool time to refill, 'back to back'")
+    print("does not (the pool refills one interpreter at a time), so it shows connects that wait for a boot.")
+
+
+# ------------------------------------------- part 1b: parallel client processes
+
+PARALLEL_CLIENT = r"""
+import sys, time
+import farcall
+
+url, n = sys.argv[1], int(sys.argv[2])
+with farcall.connect(url) as conn:
+    work = conn.modules.math.factorial
+    for _ in range(3):
+        work(n)
+    print("ready", flush=True)
+    start_at, end_at = map(float, sys.stdin.readline().split())  # time.monotonic() is system-wide on Linux
+    while time.monotonic() < start_at:
+        time.sleep(max(0.0, min(0.005, start_at - time.monotonic())))
+    calls = 0
+    clock = time.monotonic
+    while True:
+        work(n)
+        if clock() > end_at:  # a call ending after the window is not counted
+            break
+        calls += 1
+    print(calls, flush=True)
+"""
+
+
+@dataclass
+class GilCheck:
+    call_ms: float  # one call, in this process (CPU time)
+    cpus_used: float  # CPU time over wall time while two threads call it together: ~1.0 if it holds the GIL
+
+
+def check_gil(n: int) -> GilCheck:
+    """Call math.factorial(n) here from one thread, then from two at once, counting the CPUs the process used.
+
+    CPU time over wall time, unlike a ratio of rates, is not inflated when other processes load the machine.
+    """
+    import math
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            math.factorial(n)
+
+    run(20)
+    count = 200
+    cpu = time.process_time()
+    run(count)
+    one_cpu = time.process_time() - cpu
+    threads = [threading.Thread(target=run, args=(count,)) for _ in range(2)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return GilCheck(one_cpu / count * 1000, (time.process_time() - cpu) / (time.perf_counter() - wall))
+
+
+def run_parallel(url: str, processes: int, args: argparse.Namespace, work: Path, tag: str) -> float:
+    """Calls per second of `processes` client processes calling math.factorial(N) for --parallel-seconds together."""
+    children: list[Child] = []
+    try:
+        for i in range(processes):
+            children.append(
+                spawn(
+                    [sys.executable, "-c", PARALLEL_CLIENT, url, str(args.parallel_n)],
+                    stderr_path=work / f"parallel-{tag}-{processes}-{i}.log",
+                    stdin_pipe=True,
+                )
+            )
+        for child in children:
+            line = child.lines.take(START_TIMEOUT_S)
+            if line != "ready":
+                raise RuntimeError(f"a client process did not get ready: {child.stderr_text().strip() or line}")
+        start_at = time.monotonic() + 0.2
+        end_at = start_at + args.parallel_seconds
+        for child in children:
+            assert child.process.stdin is not None
+            child.process.stdin.write(f"{start_at!r} {end_at!r}\n")
+            child.process.stdin.flush()
+        total = 0
+        for child in children:
+            line = child.lines.take(args.parallel_seconds + START_TIMEOUT_S)
+            if line is None or not line.isdigit():
+                raise RuntimeError(f"a client process failed: {child.stderr_text().strip() or line}")
+            total += int(line)
+        return total / args.parallel_seconds
+    finally:
+        for child in children:
+            stop_process(child.process)
+
+
+PARALLEL_COUNTS = (1, 2, 8)
+
+
+def bench_parallel(targets: list[Target], args: argparse.Namespace, work: Path) -> dict[str, dict[int, float | str]]:
+    results: dict[str, dict[int, float | str]] = {t.name: {} for t in targets}
+    for processes in PARALLEL_COUNTS:
+        for t in targets:
+            print(f"  {t.name}: {processes} client process(es) for {args.parallel_seconds:g} s ...", flush=True)
+            try:
+                results[t.name][processes] = run_parallel(t.url, processes, args, work, re.sub(r"[^a-z0-9]+", "-", t.name))
+            except RuntimeError as e:
+                results[t.name][processes] = first_line_about(str(e), "Error")
+    return results
+
+
+def print_parallel_table(results: dict[str, dict[int, float | str]], gil: GilCheck, args: argparse.Namespace) -> None:
+    names = list(results)
+    heads = [name.split(",")[0] for name in names]
+    print()
+    print(
+        f"calls per second from several client processes at once: prefetched math.factorial({args.parallel_n}), "
+        f"tcp:// on 127.0.0.1"
+    )
+    verdict = "it holds the GIL" if gil.cpus_used < 1.3 else "it does NOT seem to hold the GIL"
+    print(
+        f"(in this process one call takes {gil.call_ms:.2f} ms of CPU, and two threads calling it together kept "
+        f"{gil.cpus_used:.2f} CPUs busy: {verdict})"
+    )
+    width = 24
+    header = f"{'client processes':<18}" + "".join(f"{head + ' calls/s':>{width}}{'vs 1':>8}" for head in heads)
+    if len(names) == 2:
+        header += f"{heads[1] + ' / ' + heads[0]:>26}"
+    print(header)
+    print("-" * len(header))
+    for processes in PARALLEL_COUNTS:
+        line = f"{processes:<18}"
+        rates: list[Optional[float]] = []
+        for name in names:
+            rate = results[name].get(processes)
+            base = results[name].get(1)
+            if isinstance(rate, float):
+                ratio = f"{rate / base:.2f}×" if isinstance(base, float) and base > 0 else ""
+                line += f"{rate:>{width}.0f}{ratio:>8}"
+                rates.append(rate)
+            else:
+                line += f"{'failed':>{width}}{'':>8}"
+                rates.append(None)
+        if len(names) == 2 and rates[0] and rates[1]:
+            line += f"{rates[1] / rates[0]:>25.2f}×"
+        print(line)
+    for name in names:
+        for processes, r in results[name].items():
+            if isinstance(r, str):
+                print(f"{name}, {processes} process(es): {r}")
+    cpus = os.cpu_count() or 1
+    print(
+        f"Each client process has its own connection and calls for {args.parallel_seconds:g} s after a common start; "
+        "'vs 1' is the speed-up over one process."
+    )
+    print(
+        f"This machine has {cpus} CPU{'s' if cpus != 1 else ''}, shared by the client processes and the server: expect "
+        f"at most ~{cpus}× (more is possible when one"
+    )
+    print(
+        "client is slowed by waits: its worker idles while each reply and request travel, and on a busy machine "
+        "each of the"
+    )
+    print("three processes on a call's path waits to be scheduled).")
+    print(
+        "The embedded backend runs every session in one interpreter (one GIL), so more clients share the same "
+        "~1 CPU of Python;"
+    )
+    print("the subprocess backend gives each session its own interpreter process, so sessions run on all CPUs.")
+
+
+@contextlib.contextmanager
+def raw_tcp_ping() -> Iterator[Callable[[], None]]:
+    """A ping-pong of PING_BYTES with a Python TCP echo process, for (d)."""
     process, port = start_process([sys.executable, "-c", ECHO_SERVER], "the TCP echo process")
     try:
         with socket.create_connection(("127.0.0.1", int(port))) as sock:
@@ -292,20 +634,20 @@ def bench_raw_tcp(args: argparse.Namespace) -> Stats:
                         raise ConnectionError("echo process went away")
                     received += len(chunk)
 
-            return measure(ping, args.iterations, args.iterations // 10, 10)
+            yield ping
     finally:
         stop_process(process)
 
 
-def print_table(ours: dict[str, Stats], theirs: dict[str, Stats], floor: Stats) -> None:
+def print_table(ours: BackendResult, theirs: BackendResult, floor: Stats) -> None:
     rows = [
-        ("prefetched p(3, 2), median", ours["prefetched"].median_us, theirs["prefetched"].median_us, "µs"),
-        ("prefetched p(3, 2), p99", ours["prefetched"].p99_us, theirs["prefetched"].p99_us, "µs"),
-        ("conn.modules.math.pow(3, 2), median", ours["full"].median_us, theirs["full"].median_us, "µs"),
-        ("10 MB of bytes, throughput", ours["bulk"].mb_s, theirs["bulk"].mb_s, "MB/s"),
+        ("prefetched p(3, 2), median", ours.prefetched.median_us, theirs.prefetched.median_us, "µs"),
+        ("prefetched p(3, 2), p99", ours.prefetched.p99_us, theirs.prefetched.p99_us, "µs"),
+        ("conn.modules.math.pow(3, 2), median", ours.full.median_us, theirs.full.median_us, "µs"),
+        ("10 MB of bytes, throughput", ours.bulk.mb_s, theirs.bulk.mb_s, "MB/s"),
     ]
     print()
-    print("farcall (tcp://) against RPyC (classic server), both on 127.0.0.1")
+    print("farcall (tcp://, embedded backend) against RPyC (classic server), both on 127.0.0.1")
     print(f"{'measurement':<38}{'farcall':>14}{'RPyC':>14}{'speed-up vs RPyC':>20}{'round trips':>13}")
     print("-" * 99)
     for label, farcall_value, rpyc_value, unit in rows:
@@ -318,9 +660,12 @@ def print_table(ours: dict[str, Stats], theirs: dict[str, Stats], floor: Stats) 
     print(f"{'raw TCP ping-pong (floor), median':<38}{floor.median_us:>10.1f} µs")
     print(f"{'raw TCP ping-pong (floor), p99':<38}{floor.p99_us:>10.1f} µs")
     print()
-    counts = ", ".join(f"{k}: {len(v.samples_ns)}" for k, v in ours.items())
+    counts = ", ".join(
+        f"{k}: {len(v.samples_ns)}" for k, v in (("prefetched", ours.prefetched), ("full", ours.full), ("bulk", ours.bulk))
+    )
     print(f"samples per measurement ({counts}); a speed-up > 1 means farcall is faster;")
     print("'round trips' is farcall's median divided by the raw TCP floor (a Python echo process).")
+
 
 
 # ---------------------------------------------------------- part 2: transports
@@ -719,6 +1064,22 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3000, help="timed calls per latency measurement")
     parser.add_argument("--bulk-iterations", type=int, default=20, help="timed 10 MB calls")
     parser.add_argument("--connections", type=int, default=50, help="timed connection set-ups per transport")
+    parser.add_argument(
+        "--backend-connections", type=int, default=30,
+        help="timed connect+call+close per backend and way (paced, back to back)",
+    )
+    parser.add_argument(
+        "--boot-connections", type=int, default=10,
+        help="the same for the subprocess backend with prestart 0 (each boots an interpreter)",
+    )
+    parser.add_argument("--parallel-seconds", type=float, default=3.0, help="how long the client processes call together")
+    parser.add_argument(
+        "--parallel-n", type=int, default=7000, help="the parallel test calls math.factorial(N) (7000: ~1 ms)"
+    )
+    parser.add_argument(
+        "--worker-python", default=sys.executable,
+        help="the subprocess backend's python (default: this interpreter, the venv's, same version as the embedded one)",
+    )
     parser.add_argument("--impaired-calls", type=int, default=20, help="timed calls through each relay")
     parser.add_argument("--impaired-transfers", type=int, default=3, help="timed 10 MB calls through each relay")
     parser.add_argument(
@@ -729,7 +1090,13 @@ def main() -> None:
         "--impaired-max-transfer", type=float, default=75.0,
         help="seconds after which one 10 MB transfer through a relay is abandoned",
     )
-    parser.add_argument("--skip-rpyc", action="store_true", help="skip part 1 (farcall against RPyC)")
+    parser.add_argument("--skip-rpyc", action="store_true", help="leave RPyC (and the raw TCP floor) out of part 1")
+    parser.add_argument(
+        "--skip-backends", action="store_true", help="leave the subprocess backend out of part 1 (embedded only)"
+    )
+    parser.add_argument("--skip-parallel", action="store_true", help="skip the client processes calling at once")
+    parser.add_argument("--skip-transports", action="store_true", help="skip parts 2 and 3 (transports, impaired links)")
+    parser.add_argument("--skip-impaired", action="store_true", help="skip part 3 (impaired links)")
     parser.add_argument("--relay-counters", action="store_true", help="print each relay's counters in full")
     parser.add_argument(
         "--farcall-bin",
@@ -752,41 +1119,82 @@ def main() -> None:
     print(f"farcall binary: {args.farcall_bin}")
     print(f"relay binary: {args.relay_bin}")
     print(f"Python {sys.version.split()[0]} at {sys.executable}; {os.cpu_count()} CPUs")
+    load_at_start = os.getloadavg()[0]
     started = time.monotonic()
 
-    floor = farcall_results = rpyc_results = None
-    if not args.skip_rpyc:
-        print("raw TCP ping-pong ...", flush=True)
-        floor = bench_raw_tcp(args)
-        print("farcall ...", flush=True)
-        farcall_results = bench_farcall(args.farcall_bin, args)
-        print("RPyC ...", flush=True)
-        rpyc_results = bench_rpyc(args)
-
+    floor: Optional[Stats] = None
+    backends: dict[str, BackendResult | str] = {}
+    parallel: dict[str, dict[int, float | str]] = {}
+    gil: Optional[GilCheck] = None
+    transports: dict[str, TransportResult | str] = {}
+    impaired: list[ImpairedResult] = []
     with tempfile.TemporaryDirectory(prefix="farcall-bench-") as tmp:
         work = Path(tmp)
-        certs = make_certs(args.farcall_bin, work / "certs")
-        print("transports: one farcall serve on tcp://, tls://, quic:// ...", flush=True)
-        server = start_transport_server(args.farcall_bin, certs, work)
-        try:
-            transports = bench_transports(server, certs, args)
-            impaired: list[ImpairedResult] = []
-            if args.relay_bin.is_file():
-                print("impaired links (farcall-relay) ...", flush=True)
-                impaired = bench_impaired(server, certs, args.relay_bin, work, args)
-            else:
-                print(f"{args.relay_bin} not found: skipping the impaired links "
-                      "(cargo build --release -p farcall-tests --bin farcall-relay, or scripts/bench)")
-        finally:
-            stop_process(server.child.process)
+        names = [EMBEDDED]
+        if not args.skip_backends:
+            names += [SUBPROCESS_WARM, SUBPROCESS_COLD]
+        targets: list[Target] = []
+        part1 = not (args.skip_rpyc and args.skip_backends) or not args.skip_parallel
+        with contextlib.ExitStack() as stack:
+            stack.callback(lambda: [stop_target(t) for t in targets])
+            if part1:
+                print(f"starting farcall serve with each backend ({', '.join(names)}) ...", flush=True)
+            for name in names if part1 else []:
+                started_target = start_farcall_target(args.farcall_bin, name, work, args.worker_python)
+                if isinstance(started_target, str):
+                    print(f"  {name}: did not start: {started_target}", flush=True)
+                    backends[name] = started_target
+                else:
+                    targets.append(started_target)
+            farcall_targets = list(targets)
+            floor_ping = None
+            if not args.skip_rpyc:
+                targets.append(start_rpyc_target())
+                floor_ping = stack.enter_context(raw_tcp_ping())
+            if not (args.skip_rpyc and args.skip_backends):
+                print(f"backends: {', '.join(t.name for t in targets)} ...", flush=True)
+                measured, floor = bench_backends(targets, args, floor_ping)
+                backends.update(measured)
+            if not args.skip_parallel:
+                parallel_targets = [t for t in farcall_targets if t.name in (EMBEDDED, SUBPROCESS_WARM)]
+                print(f"parallel client processes: {', '.join(t.name for t in parallel_targets)} ...", flush=True)
+                gil = check_gil(args.parallel_n)
+                parallel = bench_parallel(parallel_targets, args, work)
 
-    if farcall_results is not None and rpyc_results is not None and floor is not None:
-        print_table(farcall_results, rpyc_results, floor)
-    print_transport_table(transports)
+        if not args.skip_transports:
+            certs = make_certs(args.farcall_bin, work / "certs")
+            print("transports: one farcall serve on tcp://, tls://, quic:// ...", flush=True)
+            server = start_transport_server(args.farcall_bin, certs, work)
+            try:
+                transports = bench_transports(server, certs, args)
+                if args.skip_impaired:
+                    pass
+                elif args.relay_bin.is_file():
+                    print("impaired links (farcall-relay) ...", flush=True)
+                    impaired = bench_impaired(server, certs, args.relay_bin, work, args)
+                else:
+                    print(f"{args.relay_bin} not found: skipping the impaired links "
+                          "(cargo build --release -p farcall-tests --bin farcall-relay, or scripts/bench)")
+            finally:
+                stop_process(server.child.process)
+
+    embedded, rpyc_result = backends.get(EMBEDDED), backends.get(RPYC)
+    if isinstance(embedded, BackendResult) and isinstance(rpyc_result, BackendResult) and floor is not None:
+        print_table(embedded, rpyc_result, floor)
+    if len(backends) > 1:
+        print_backend_table(backends, args.worker_python)
+    if parallel and gil is not None:
+        print_parallel_table(parallel, gil, args)
+    if transports:
+        print_transport_table(transports)
     if impaired:
         print_impaired_table(impaired, args.relay_counters)
     print()
     print(f"total time: {time.monotonic() - started:.1f} s")
+    print(
+        f"load average (1 min) at the start {load_at_start:.2f}, at the end {os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} CPUs: other processes were sharing them if it is well above what this run adds (~1-2)"
+    )
 
 
 if __name__ == "__main__":
