@@ -345,6 +345,9 @@ def int_from_bytes(data):
 
 _SIMPLE = frozenset((type(None), bool, int, float, complex, bytes))
 
+# Types received as themselves (``str`` included: it arrives as valid UTF-8).
+_RECEIVED_AS_IS = _SIMPLE | {str}
+
 
 def scalar(obj):
     """``obj`` itself when it is exactly one of the simple types that travel
@@ -390,6 +393,15 @@ def type_name(obj):
     """``module.qualname`` of ``obj``'s type (``builtins`` and ``?`` when the
     type does not say)."""
     t = type(obj)
+    try:
+        module = t.__module__
+        qualname = t.__qualname__
+    except Exception:
+        pass
+    else:
+        # The common case, without the checks below.
+        if type(module) is str and type(qualname) is str and module.isascii() and qualname.isascii():
+            return module + "." + qualname
     module = _str_attr(t, "__module__")
     qualname = _str_attr(t, "__qualname__")
     return "%s.%s" % ("builtins" if module is None else module, "?" if qualname is None else qualname)
@@ -408,6 +420,7 @@ def _str_attr(obj, name):
 # ----------------------------------------------------------------- module hints
 
 _module_dict = types.ModuleType.__dict__["__dict__"].__get__
+_ModuleType = types.ModuleType
 
 
 def _is_module(obj):
@@ -574,14 +587,13 @@ class Session:
 
     def export(self, obj):
         """Records one more sending of ``obj`` and describes it as a :class:`Ref`."""
-        bits = 0
+        t = type(obj)
+        bits = CALLABLE if callable(obj) else 0
         attrs = ()
-        if callable(obj):
-            bits |= CALLABLE
-        if _is_module(obj):
+        if issubclass(t, _ModuleType):
             bits |= MODULE
             attrs = _HINTS.get(obj)
-        if issubclass(type(obj), type):
+        if issubclass(t, type):
             bits |= CLASS
         name = type_name(obj)
         key = id(obj)
@@ -600,8 +612,9 @@ class Session:
     def lookup(self, ref_id):
         """The object ``ref_id`` of the table; :class:`ProtocolError` when it
         was released or never existed."""
-        with self._lock:
-            entry = self._objects.get(ref_id)
+        # A single dict read is atomic (the table is only changed under the
+        # lock, and an entry's object never changes), so no lock is taken.
+        entry = self._objects.get(ref_id)
         if entry is None:
             raise ProtocolError(
                 "reference %d is not (or no longer) valid in this session: the object was released or never existed" % ref_id
@@ -645,6 +658,8 @@ class Session:
         """A Python result as a boxed value: itself for the exact simple
         types, tuples of boxed values, frozensets of values; a :class:`Ref`
         (recorded in the table) for everything else."""
+        if type(obj) in _SIMPLE:
+            return obj
         v = scalar(obj)
         if v is not NOT_A_VALUE:
             return v
@@ -663,7 +678,7 @@ class Session:
         this session's object; a :class:`Ref` (an object of the client) is
         refused with :class:`ProtocolError`."""
         t = type(value)
-        if t in _SIMPLE or t is str:
+        if t in _RECEIVED_AS_IS:
             return value
         if depth >= MAX_INPUT_DEPTH:
             raise ProtocolError("values nested deeper than %d levels" % MAX_INPUT_DEPTH)
@@ -680,7 +695,8 @@ class Session:
     def resolve(self, target):
         """The object a :class:`Target` designates: the table's entry, then
         each attribute of its path."""
-        obj = self.lookup(target.id)
+        entry = self._objects.get(target.id)
+        obj = self.lookup(target.id) if entry is None else entry[0]
         for name in target.path:
             obj = getattr(obj, name)
         return obj
@@ -714,7 +730,10 @@ class Session:
         """``target(*args, **kwargs)``, boxed. ``kwargs`` is a mapping or a
         sequence of ``(name, value)`` pairs (a later duplicate name wins)."""
         function = self.resolve(target)
-        args = [self.unbox(a) for a in args]
+        for a in args:
+            if type(a) not in _RECEIVED_AS_IS:
+                args = [self.unbox(a) for a in args]
+                break
         kw = {}
         if kwargs:
             items = kwargs.items() if isinstance(kwargs, dict) else kwargs

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use farcall_core::{BackendInfo, EvalError, EvalSession, Evaluator, SessionInfo};
 use pyo3::prelude::*;
 
-use crate::convert::Helpers;
+use crate::semantics::Semantics;
 use crate::session::EmbeddedSession;
 use crate::{interpreter, BUILD_PYTHON};
 
@@ -18,7 +18,7 @@ use crate::{interpreter, BUILD_PYTHON};
 /// Python runs.
 pub struct EmbeddedEvaluator {
     info: BackendInfo,
-    helpers: Arc<Helpers>,
+    semantics: Arc<Semantics>,
 }
 
 impl std::fmt::Debug for EmbeddedEvaluator {
@@ -44,24 +44,24 @@ impl EmbeddedEvaluator {
     pub fn start() -> Result<Self, EvalError> {
         interpreter::ensure_initialized().map_err(EvalError::Startup)?;
         interpreter::keep_thread_state();
-        let (info, helpers) = Python::attach(|py| -> PyResult<_> {
-            let helpers = Helpers::new(py)?;
+        let (info, semantics) = Python::attach(|py| -> PyResult<_> {
+            let semantics = Semantics::new(py)?;
             let info = BackendInfo {
                 name: "embedded".into(),
                 python_version: py.import("platform")?.getattr("python_version")?.call0()?.extract()?,
                 python_prefix: py.import("sys")?.getattr("prefix")?.extract()?,
                 python_executable: BUILD_PYTHON.into(),
             };
-            Ok((info, helpers))
+            Ok((info, semantics))
         })
-        .map_err(|e| EvalError::Startup(format!("the embedded Python cannot load its standard modules: {e}")))?;
+        .map_err(|e| EvalError::Startup(format!("the embedded Python cannot load its standard modules or farcall_semantics: {e}")))?;
         tracing::debug!(version = %info.python_version, prefix = %info.python_prefix, "embedded Python ready");
-        Ok(EmbeddedEvaluator { info, helpers: Arc::new(helpers) })
+        Ok(EmbeddedEvaluator { info, semantics: Arc::new(semantics) })
     }
 
     /// Opens a session directly, as [`Evaluator::open`] does, without boxing it.
     pub fn open_session(&self, id: u64) -> EmbeddedSession {
-        EmbeddedSession::new(id, Arc::clone(&self.helpers))
+        EmbeddedSession::new(id, Arc::clone(&self.semantics))
     }
 }
 

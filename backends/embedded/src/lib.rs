@@ -5,12 +5,20 @@
 //! [`EmbeddedSession`] keeps the objects it handed out by reference until the
 //! client releases them or the session is dropped.
 //!
+//! The object semantics (what travels by value, how references are kept and
+//! released, how an exception is described) are those of
+//! `backends/python/farcall_semantics.py`, the module the subprocess backend's
+//! workers run too: it is loaded once into the embedded interpreter, each
+//! session is a `farcall_semantics.Session`, and this crate only converts
+//! wire values to and from the objects that module takes and returns.
+//!
 //! What travels by value: exactly `None`, `bool`, `int` (any size), `float`,
 //! `complex`, `str`, `bytes` (large ones shared with Python, not copied),
 //! tuples (whose elements may be references) and frozensets of values;
 //! subclasses of these and everything else travel as references. Exceptions
 //! travel as [`RemoteException`](farcall_core::RemoteException)s with the
-//! formatted traceback.
+//! formatted traceback. Code called by the client sees the session's
+//! namespace as its caller's globals (`exec(code)`, `globals()`).
 //!
 //! ```
 //! use farcall_backend_embedded::EmbeddedEvaluator;
@@ -32,9 +40,9 @@
 //! does so for its own tests) or they may load another Python of the same
 //! version.
 
-mod convert;
 mod evaluator;
 mod interpreter;
+mod semantics;
 mod session;
 
 pub use evaluator::EmbeddedEvaluator;

@@ -2,9 +2,14 @@
 unittest; run by ``cargo test -p farcall-backend-subprocess`` through
 tests/python.rs, or ``python3 -m unittest`` in this folder)."""
 
+import os
 import struct
+import sys
 import threading
 import unittest
+
+# farcall_semantics.py is shared with the embedded backend (backends/python).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 
 import farcall_semantics as sem
 import farcall_worker as w

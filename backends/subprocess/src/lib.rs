@@ -51,10 +51,11 @@
 //!
 //! # Where it differs from the embedded backend
 //!
-//! Sessions do not share modules or globals (each has an interpreter), and
-//! code called by the client sees the session's namespace as its caller's
-//! globals (`exec(code)`, `globals()`), where the embedded interpreter has no
-//! calling frame at all. `faulthandler` is enabled in workers.
+//! Sessions do not share modules or process state (each has an
+//! interpreter: `os.chdir`, module globals, a crash or a memory blow-up stay
+//! in their worker), and a worker can be killed to stop a call. The object
+//! semantics are the same: both backends run `backends/python/farcall_semantics.py`.
+//! `faulthandler` is enabled in workers.
 //!
 //! # The worker protocol
 //!
@@ -90,7 +91,7 @@ pub use evaluator::{SubprocessEvaluator, SubprocessOptions, SubprocessSession};
 pub use sys::process_is_running;
 
 /// `farcall_semantics.py`: the object semantics, shared with the other backends.
-pub const SEMANTICS_PY: &str = include_str!("../python/farcall_semantics.py");
+pub const SEMANTICS_PY: &str = include_str!("../../python/farcall_semantics.py");
 
 /// `farcall_worker.py`: the worker's codec and serving loop.
 pub const WORKER_PY: &str = include_str!("../python/farcall_worker.py");
