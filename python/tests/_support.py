@@ -36,6 +36,9 @@ PROMPT_S = 10.0
 #: The transports farcall serves, in the order the suite runs them.
 TRANSPORTS = ("tcp", "tls", "quic")
 
+#: The evaluators the behavioural suite runs against (`[evaluator] backend`).
+BACKENDS = ("embedded", "subprocess")
+
 LISTENING_RE = re.compile(
     r"^farcall listening on (?P<url>(?P<scheme>tcp|tls|quic)://(?P<host>[^\s]+):(?P<port>\d+))\s*$"
 )
@@ -154,10 +157,36 @@ def toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
+def toml_value(value: object) -> str:
+    """A TOML scalar: bools, ints and floats as such, anything else as a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return toml_str(value)
+
+
+def evaluator_section(backend: str | None = None, **options: object) -> str:
+    """An `[evaluator]` section: `backend = ...` and any further keys (python, max_memory_mb, ...).
+
+    Empty when there is nothing to say (the server's default is the embedded backend).
+    """
+    keys = ({"backend": backend} if backend is not None else {}) | options
+    if not keys:
+        return ""
+    return "\n[evaluator]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items())
+
+
 def server_config_text(
-    listen: Sequence[str], tls: TlsMaterial | None = None, *, relative_to: Path | None = None
+    listen: Sequence[str],
+    tls: TlsMaterial | None = None,
+    *,
+    relative_to: Path | None = None,
+    backend: str | None = None,
+    evaluator: dict[str, object] | None = None,
 ) -> str:
-    """A `farcall serve` config listening on `listen`, with a [tls] section when `tls` is given.
+    """A `farcall serve` config listening on `listen`, with a [tls] section when `tls` is given
+    and an [evaluator] section for `backend` (and the `evaluator` options) when either is given.
 
     With `relative_to`, the TLS paths are written relative to that folder
     (the folder the config file will live in).
@@ -174,13 +203,20 @@ def server_config_text(
             f"key = {path(tls.server_key)}\n"
             f"client_ca = {path(tls.ca)}\n"
         )
-    return text
+    return text + evaluator_section(backend, **(evaluator or {}))
 
 
 def write_server_config(
-    config_dir: Path, schemes: Sequence[str], tls: TlsMaterial | None, *, relative: bool = False
+    config_dir: Path,
+    schemes: Sequence[str],
+    tls: TlsMaterial | None,
+    *,
+    relative: bool = False,
+    backend: str | None = None,
+    evaluator: dict[str, object] | None = None,
 ) -> Path:
-    """Write a config listening on 127.0.0.1 port 0 for each scheme; the [tls] section if any is tls/quic."""
+    """Write a config listening on 127.0.0.1 port 0 for each scheme; the [tls] section if any is
+    tls/quic; the [evaluator] section for `backend` and `evaluator` options if given."""
     config_dir.mkdir(parents=True, exist_ok=True)
     config = config_dir / f"farcall-{next(_server_numbers)}-{'-'.join(schemes)}.toml"
     needs_tls = any(s != "tcp" for s in schemes)
@@ -189,6 +225,8 @@ def write_server_config(
             [f"{s}://127.0.0.1:0" for s in schemes],
             tls if needs_tls else None,
             relative_to=config_dir if relative else None,
+            backend=backend,
+            evaluator=evaluator,
         )
     )
     return config
@@ -201,10 +239,15 @@ def start_transport_server(
     log_dir: Path,
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_S,
+    backend: str = "embedded",
+    evaluator: dict[str, object] | None = None,
 ) -> Server:
-    """`farcall serve --config FILE` listening on `scheme://127.0.0.1:0` only, with our TLS files."""
-    config = write_server_config(log_dir, [scheme], tls)
-    return start_server(("--config", str(config)), log_dir=log_dir, env=env, tls=tls, timeout=timeout)
+    """`farcall serve --config FILE` listening on `scheme://127.0.0.1:0` only, with our TLS files,
+    evaluating with `backend` (`[evaluator] backend = ...`, plus the `evaluator` options)."""
+    config = write_server_config(log_dir, [scheme], tls, backend=backend, evaluator=evaluator)
+    return start_server(
+        ("--config", str(config)), log_dir=log_dir, env=env, tls=tls, timeout=timeout, backend=backend
+    )
 
 
 def tls_for(transport: str, request: Any) -> TlsMaterial | None:
@@ -222,6 +265,8 @@ class Server:
     stdout_lines: list[str] = field(default_factory=list)
     #: The certificates its config uses, if any: `connect` presents alice's.
     tls: TlsMaterial | None = None
+    #: Its evaluator (`[evaluator] backend`): where the client's Python runs.
+    backend: str = "embedded"
 
     @property
     def url(self) -> str:
@@ -320,10 +365,12 @@ def start_server(
     listeners: int = 1,
     timeout: float = STARTUP_TIMEOUT_S,
     tls: TlsMaterial | None = None,
+    backend: str = "embedded",
 ) -> Server:
     """Start `farcall serve ARGS...` and wait until it printed `listeners` listening lines.
 
-    `tls` is the material its config uses, so that `Server.connect` can present it.
+    `tls` is the material its config uses, so that `Server.connect` can present it;
+    `backend` the evaluator its config chooses (recorded in `Server.backend`).
     """
     binary = farcall_bin()
     if not binary.is_file():
@@ -355,7 +402,7 @@ def start_server(
 
     threading.Thread(target=pump, name=f"farcall-stdout-{process.pid}", daemon=True).start()
 
-    server = Server(process, [], log_path, seen, tls)
+    server = Server(process, [], log_path, seen, tls, backend)
     deadline = _Deadline(timeout)
     while len(server.urls) < listeners:
         try:
@@ -541,3 +588,85 @@ def _fingerprint(value: Any) -> Any:
         parts = tuple(_fingerprint(v) for v in value)
         return (type(value).__name__, frozenset(parts) if isinstance(value, frozenset) else parts)
     return (type(value).__name__, value)
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process `pid` (from /proc), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and parent_pid(int(entry.name)) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of process `pid` ('R', 'S', 'Z' for a zombie, ...), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def assert_runs_on_the_server(server: Server, pid: int) -> None:
+    """`pid` (a remote `os.getpid()`) is where `server` runs the client's Python: the server
+    process itself for the embedded backend, a worker process it started for the subprocess one."""
+    assert pid != os.getpid(), "the remote code ran in the test process"
+    if server.backend == "embedded":
+        assert pid == server.pid, f"embedded: the remote pid {pid} is not the server's {server.pid}"
+    else:
+        assert pid != server.pid, f"{server.backend}: the remote code ran in the server process itself"
+        assert parent_pid(pid) == server.pid, (
+            f"{server.backend}: the remote pid {pid} is not a child of the server {server.pid}"
+            f" (its parent: {parent_pid(pid)})"
+        )
+
+
+def wait_until_reaped(pid: int, *, owner: int, timeout: float = PROMPT_S) -> None:
+    """Poll (with a deadline, not a sleep as synchronisation) until process `pid`, a child of
+    `owner`, is gone and reaped: no /proc entry, and no zombie left for `owner` to collect.
+    A new process reusing the number (with another parent) counts as gone."""
+    deadline = _Deadline(timeout)
+    while True:
+        state, parent = process_state(pid), parent_pid(pid)
+        if state is None or parent != owner:
+            return
+        if deadline.remaining() == 0:
+            raise AssertionError(
+                f"process {pid} (child of {owner}) still exists {timeout}s after its session ended: state {state}"
+                + (" (a zombie nobody reaped)" if state == "Z" else "")
+            )
+        time.sleep(0.01)
+
+
+def interpreter_facts(python: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Version, sys.prefix, sys.base_prefix and sys.executable of `python`, run as the server would
+    run it (a bare name is looked up on the PATH of `env`, else of the server's environment)."""
+    code = (
+        "import platform, sys; print(platform.python_version()); print(sys.prefix);"
+        " print(sys.base_prefix); print(sys.executable)"
+    )
+    done = subprocess.run(
+        [python, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env if env is not None else server_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, f"`{python} -c ...` failed: {done.stderr}"
+    version, prefix, base_prefix, executable = done.stdout.splitlines()
+    return {"version": version, "prefix": prefix, "base_prefix": base_prefix, "executable": executable}

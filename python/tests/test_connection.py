@@ -7,8 +7,6 @@ import importlib.resources
 import inspect
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import farcall
@@ -126,29 +124,12 @@ def test_connect_to_a_silent_peer_times_out(transport: str, tls_material: TlsMat
 # -- server_info: which Python answers -----------------------------------------
 
 
-def _build_python() -> dict[str, str]:
-    """Version and prefixes of the interpreter the server was built against (PYO3_PYTHON)."""
-    python = os.environ.get("PYO3_PYTHON") or sys.executable
-    out = subprocess.run(
-        [
-            python,
-            "-c",
-            "import platform, sys; print(platform.python_version()); print(sys.prefix); print(sys.base_prefix)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.splitlines()
-    return {"version": out[0], "prefix": out[1], "base_prefix": out[2]}
-
-
-def test_server_info(conn: farcall.Connection) -> None:
+def test_server_info(conn: farcall.Connection, backend: str) -> None:
     info = conn.server_info
     assert isinstance(info, dict)
     for key in ("protocol", "farcall_version", "python_version", "python_prefix", "python_executable", "backend"):
         assert key in info, key
-    assert info["backend"] == "embedded"
+    assert info["backend"] == backend
     assert isinstance(info["farcall_version"], str) and info["farcall_version"]
     assert isinstance(info["python_executable"], str)
 
@@ -159,19 +140,35 @@ def test_server_info_matches_the_remote_interpreter(conn: farcall.Connection) ->
     assert info["python_prefix"] == conn.modules.sys.prefix
 
 
-def test_embedded_python_is_the_one_the_build_used(conn: farcall.Connection) -> None:
-    """A binary that loads another libpython of the same soname reports another version or prefix."""
-    built = _build_python()
+def test_the_python_is_the_one_the_backend_uses(
+    conn: farcall.Connection, backend: str, backend_python: dict[str, str]
+) -> None:
+    """Embedded: the interpreter the build linked (a binary that loads another libpython of the same
+    soname reports another version or prefix). Subprocess: the configured interpreter (`python3` on
+    the server's PATH), whatever the server embeds."""
+    expected = backend_python
     info = conn.server_info
-    assert info["python_version"] == built["version"]
-    expected_prefixes = {os.path.realpath(built["prefix"]), os.path.realpath(built["base_prefix"])}
-    assert os.path.realpath(info["python_prefix"]) in expected_prefixes
-    assert os.path.realpath(conn.modules.sys.base_prefix) == os.path.realpath(built["base_prefix"])
+    assert info["python_version"] == expected["version"]
+    assert os.path.realpath(conn.modules.sys.base_prefix) == os.path.realpath(expected["base_prefix"])
+    if backend == "embedded":
+        expected_prefixes = {os.path.realpath(expected["prefix"]), os.path.realpath(expected["base_prefix"])}
+        assert os.path.realpath(info["python_prefix"]) in expected_prefixes
+    else:
+        assert info["python_prefix"] == expected["prefix"]
+        assert info["python_executable"] == expected["executable"]
+        assert conn.modules.sys.executable == expected["executable"]
 
 
 # -- losing the server ---------------------------------------------------------
 
 
+@pytest.mark.backend_transports(
+    "subprocess",
+    "tcp",
+    "tls",
+    reason="over QUIC a killed server is noticed at the 8 s idle timeout, a transport matter the embedded run covers;"
+    " what the subprocess run adds (workers end with their server) does not depend on the transport",
+)
 def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -> None:
     srv = start_extra_server()
     conn = srv.connect()
@@ -188,6 +185,13 @@ def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -
         finishes(conn.close)
 
 
+@pytest.mark.backend_transports(
+    "subprocess",
+    "tcp",
+    "tls",
+    reason="over QUIC a killed server is noticed at the 8 s idle timeout, a transport matter the embedded run covers;"
+    " what the subprocess run adds (workers end with their server) does not depend on the transport",
+)
 def test_server_killed_mid_call_raises_connection_lost(start_extra_server) -> None:
     """The call is provably running on the server (it reached our endpoint) when the server dies."""
     srv = start_extra_server()
@@ -332,6 +336,12 @@ def test_two_connections_are_independent(server: Server) -> None:
         second.close()
 
 
+@pytest.mark.backend_transports(
+    "subprocess",
+    "tcp",
+    reason="each subprocess session boots a worker interpreter (the pool refills one at a time), so 50 sessions"
+    " take seconds per transport; connection set-up per transport is the embedded run's, worker turnover the tcp run's",
+)
 def test_many_connections_in_turn(server: Server) -> None:
     for i in range(50):
         with server.connect() as conn:

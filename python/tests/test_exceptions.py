@@ -35,10 +35,10 @@ BUILTIN_CASES: dict[str, tuple[type[BaseException], Callable[[farcall.Connection
 
 
 @pytest.mark.parametrize("case", BUILTIN_CASES.values(), ids=BUILTIN_CASES.keys())
-def test_builtin_exceptions_keep_their_class(conn: farcall.Connection, case) -> None:
+def test_builtin_exceptions_keep_their_class(module_conn: farcall.Connection, case) -> None:
     exc_type, action, message = case
     with pytest.raises(exc_type) as info:
-        action(conn)
+        action(module_conn)
     error = info.value
     assert type(error).__name__ == exc_type.__name__
     assert isinstance(error, farcall.RemoteError)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import farcall
 import pytest
-from _support import Server
+from _support import Server, assert_runs_on_the_server
 
 # -- modules and their cache ---------------------------------------------------
 
@@ -107,12 +107,9 @@ def test_calling_a_non_callable_raises_type_error(conn: farcall.Connection) -> N
 # -- the remote really is remote -----------------------------------------------
 
 
-def test_the_code_runs_in_the_server_process(server: Server, conn: farcall.Connection) -> None:
-    import os
-
-    remote_pid = conn.modules.os.getpid()
-    assert remote_pid != os.getpid()
-    assert remote_pid == server.pid  # the embedded backend runs Python inside `farcall serve`
+def test_the_code_runs_on_the_server(server: Server, conn: farcall.Connection) -> None:
+    """Embedded: inside `farcall serve` itself; subprocess: in a worker process the server started."""
+    assert_runs_on_the_server(server, conn.modules.os.getpid())
 
 
 def test_modules_come_from_the_server_side(start_extra_server, tmp_path: Path) -> None:
@@ -136,7 +133,7 @@ def test_modules_come_from_the_server_side(start_extra_server, tmp_path: Path) -
     with srv.connect() as conn:
         remote = conn.modules.farcall_server_only
         assert remote.WHERE == "server"
-        assert remote.pid() == srv.pid
+        assert_runs_on_the_server(srv, remote.pid())
         with pytest.raises(farcall.RemoteError) as info:
             remote.fail("custom")
         assert info.value.remote_type == "farcall_server_only.MyError"
@@ -251,6 +248,11 @@ class Tracked:
 """
 
 
+@pytest.mark.backends(
+    "embedded",
+    reason="an observer session sees another session's objects only where sessions share one interpreter;"
+    " a subprocess session's objects end with its worker (test_subprocess.py checks that the worker is reaped)",
+)
 def test_closing_a_connection_releases_its_objects(start_extra_server, tmp_path: Path) -> None:
     site = tmp_path / "server_site"
     site.mkdir()

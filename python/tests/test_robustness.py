@@ -22,11 +22,12 @@ STREAM_TRANSPORTS = pytest.mark.transports(
 
 @pytest.fixture(scope="module")
 def target(
-    transport: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    backend: str, transport: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """A server of its own for this module (per transport), so abuse cannot disturb other tests."""
+    """A server of its own for this module (per backend and transport), so abuse cannot disturb other tests."""
     tls = tls_for(transport, request)
-    srv = start_transport_server(transport, tls, log_dir=tmp_path_factory.mktemp(f"robustness-{transport}"))
+    log_dir = tmp_path_factory.mktemp(f"robustness-{backend}-{transport}")
+    srv = start_transport_server(transport, tls, log_dir=log_dir, backend=backend)
     yield srv
     assert srv.alive(), f"the server died\n{srv.describe()}"
     assert srv.stop() == 0, srv.describe()

@@ -9,7 +9,17 @@ import signal
 from pathlib import Path
 
 import pytest
-from _support import LISTENING_RE, TRANSPORTS, Server, TlsMaterial, run_farcall, server_config_text, write_server_config
+from _support import (
+    LISTENING_RE,
+    TRANSPORTS,
+    Server,
+    TlsMaterial,
+    assert_runs_on_the_server,
+    evaluator_section,
+    run_farcall,
+    server_config_text,
+    write_server_config,
+)
 
 LOOPBACK_PORT_0 = ("--listen", "tcp://127.0.0.1:0")
 
@@ -23,30 +33,32 @@ def test_listening_line_names_the_real_port(server: Server, transport: str) -> N
 
 @pytest.mark.parametrize("paths", ["absolute", "relative"])
 def test_serve_from_a_config_file(
-    start_extra_server, transport: str, tls_material: TlsMaterial, tmp_path: Path, paths: str
+    start_extra_server, backend: str, transport: str, tls_material: TlsMaterial, tmp_path: Path, paths: str
 ) -> None:
     """A config file with [evaluator]; for tls/quic its [tls] paths are absolute, or relative to the file's folder."""
     config_dir = tmp_path / "etc"
     config = write_server_config(config_dir, [transport], tls_material, relative=paths == "relative")
-    config.write_text(config.read_text() + '\n[evaluator]\nbackend = "embedded"\n')
+    config.write_text(config.read_text() + f'\n[evaluator]\nbackend = "{backend}"\n')
     srv = start_extra_server("--config", str(config))
     assert srv.scheme == transport
     with srv.connect() as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
-        assert conn.server_info["backend"] == "embedded"
+        assert conn.server_info["backend"] == backend
 
 
 def test_one_server_listens_on_every_transport_at_once(
-    start_server_with_args, tls_material: TlsMaterial, tmp_path: Path
+    start_server_with_args, backend: str, tls_material: TlsMaterial, tmp_path: Path
 ) -> None:
-    """`listen` takes several URLs; the listening lines come in its order, and all reach one process."""
-    config = write_server_config(tmp_path, TRANSPORTS, tls_material)
-    srv = start_server_with_args("--config", str(config), listeners=len(TRANSPORTS), tls=tls_material)
+    """`listen` takes several URLs; the listening lines come in its order, and all reach one server."""
+    config = write_server_config(tmp_path, TRANSPORTS, tls_material, backend=backend)
+    srv = start_server_with_args(
+        "--config", str(config), listeners=len(TRANSPORTS), tls=tls_material, backend=backend
+    )
     assert [url.split("://")[0] for url in srv.urls] == list(TRANSPORTS), srv.urls
     for scheme in TRANSPORTS:
         with srv.connect(srv.url_of(scheme)) as conn:
             assert conn.modules.math.pow(3, 2) == 9.0
-            assert conn.modules.os.getpid() == srv.pid, scheme
+            assert_runs_on_the_server(srv, conn.modules.os.getpid())
 
 
 # (file content, the offending key, its line number)
@@ -133,10 +145,10 @@ def test_non_loopback_plain_tcp_in_config_is_refused_without_insecure(tmp_path: 
     assert "insecure" in done.stderr, done.stderr
 
 
-def test_non_loopback_plain_tcp_with_insecure_true(start_server_with_args, tmp_path: Path) -> None:
+def test_non_loopback_plain_tcp_with_insecure_true(start_server_with_args, backend: str, tmp_path: Path) -> None:
     config = tmp_path / "farcall.toml"
-    config.write_text('[server]\nlisten = ["tcp://0.0.0.0:0"]\ninsecure = true\n')
-    srv = start_server_with_args("--config", str(config))
+    config.write_text('[server]\nlisten = ["tcp://0.0.0.0:0"]\ninsecure = true\n' + evaluator_section(backend))
+    srv = start_server_with_args("--config", str(config), backend=backend)
     with srv.connect(f"127.0.0.1:{srv.port}") as conn:  # reached over loopback only
         assert conn.modules.math.pow(3, 2) == 9.0
 
@@ -155,10 +167,32 @@ def test_signals_stop_the_server_cleanly(start_extra_server, sig: int) -> None:
     assert srv.stop(sig) == 0, srv.describe()
 
 
-def test_server_logs_the_embedded_python(server: Server) -> None:
-    """At start-up the server logs the embedded Python's version and sys.prefix."""
+def test_server_logs_its_python(server: Server) -> None:
+    """At start-up the server logs its evaluator's Python: version and sys.prefix (the embedded
+    interpreter's, or the subprocess backend's configured interpreter's)."""
     with server.connect() as conn:
         info = conn.server_info
     log = server.log()
     assert info["python_version"] in log, log
     assert info["python_prefix"] in log, log
+
+
+# (evaluator.python, words the start-up error must contain besides the path)
+BAD_INTERPRETERS = {
+    "missing": ("/no/such/farcall/python3", "not found"),
+    "not executable": ("/etc/passwd", "cannot be run"),
+    "not a Python": ("/bin/true", "before it was ready"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INTERPRETERS.values(), ids=BAD_INTERPRETERS.keys())
+def test_subprocess_backend_with_a_bad_interpreter_refuses_to_start(tmp_path: Path, case: tuple[str, str]) -> None:
+    """The subprocess backend checks `python` at start-up, not at the first call, and says what is wrong."""
+    python, why = case
+    config = tmp_path / "farcall.toml"
+    config.write_text(server_config_text(["tcp://127.0.0.1:0"], backend="subprocess", evaluator={"python": python}))
+    done = run_farcall("serve", "--config", str(config))
+    assert done.returncode != 0, f"a server with python = {python!r} started\nstdout: {done.stdout}"
+    assert "listening on" not in done.stdout
+    assert python in done.stderr and "evaluator.python" in done.stderr, done.stderr
+    assert why in done.stderr, done.stderr

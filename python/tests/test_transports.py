@@ -13,7 +13,16 @@ from pathlib import Path
 
 import farcall
 import pytest
-from _support import PROMPT_S, HangingHttpEndpoint, InThread, Server, TlsMaterial, finishes, start_hanging_call
+from _support import (
+    PROMPT_S,
+    HangingHttpEndpoint,
+    InThread,
+    Server,
+    TlsMaterial,
+    assert_runs_on_the_server,
+    finishes,
+    start_hanging_call,
+)
 
 SECURED = pytest.mark.transports("tls", "quic", reason="certificates exist only on tls:// and quic://")
 
@@ -55,7 +64,7 @@ def test_connect_with_a_client_config_file(
     config = _client_config(server, tls_material, tmp_path / "client", relative=paths == "relative")
     with finishes(farcall.connect, config=str(config)) as conn:
         assert conn.modules.math.pow(3, 2) == 9.0
-        assert conn.modules.os.getpid() == server.pid
+        assert_runs_on_the_server(server, conn.modules.os.getpid())
     with finishes(farcall.connect, config=config) as conn:  # a path object works too
         assert conn.modules.operator.add(1, 2) == 3
 

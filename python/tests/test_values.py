@@ -67,8 +67,8 @@ ECHOES: dict[str, Callable[[farcall.Connection, Any], Any]] = {
 
 @pytest.mark.parametrize("echo", ECHOES.values(), ids=ECHOES.keys())
 @pytest.mark.parametrize("value", VALUES.values(), ids=VALUES.keys())
-def test_round_trip_keeps_value_and_exact_type(conn: farcall.Connection, echo: Callable, value: Any) -> None:
-    assert_same_value(echo(conn, value), value)
+def test_round_trip_keeps_value_and_exact_type(module_conn: farcall.Connection, echo: Callable, value: Any) -> None:
+    assert_same_value(echo(module_conn, value), value)
 
 
 @pytest.mark.parametrize("value", [True, False])
