@@ -70,7 +70,9 @@ fn one_mebibyte_of_bytes() {
     let Value::Bytes(big) = big else { panic!("expected bytes, got {big:?}") };
     assert_eq!(big.len(), 1 << 20);
     assert!(big.chunks(256).all(|c| c == pattern.as_slice()));
-    // The buffer outlives the session (and its worker).
+    // The buffer outlives the session (and, for the subprocess backend, its
+    // worker; for the embedded one it may be dropped on a thread that never
+    // attached to Python).
     drop(s);
     std::thread::spawn(move || {
         assert_eq!(big[1000], (1000 % 256) as u8);
