@@ -7,7 +7,9 @@ mod calls;
 #[path = "../../../conformance/errors.rs"]
 mod errors;
 mod interpreter;
+#[path = "../../../conformance/references.rs"]
 mod references;
+mod sessions;
 #[allow(dead_code)] // each backend's tests use a different subset of the helpers
 #[path = "../../../conformance/support.rs"]
 mod support;

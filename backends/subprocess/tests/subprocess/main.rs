@@ -10,7 +10,9 @@ mod conformance;
 #[path = "../../../conformance/errors.rs"]
 mod errors;
 mod isolation;
+#[path = "../../../conformance/references.rs"]
 mod references;
+mod sessions;
 mod startup;
 #[allow(dead_code)] // each backend's tests use a different subset of the helpers
 #[path = "../../../conformance/support.rs"]

@@ -1,4 +1,4 @@
-// Object tables: references passed back, releases, isolation and concurrency.
+// Object tables: references passed back, releases, concurrency (every backend).
 
 use farcall_core::{Release, Request, Target, Value};
 
@@ -58,32 +58,6 @@ fn an_object_sent_twice_needs_two_releases() {
 }
 
 #[test]
-fn sessions_do_not_see_each_other() {
-    let a = session();
-    let b = session();
-    let builtins_a = module(&*a, "builtins");
-    let list = reference(call(&*a, &builtins_a, "list", vec![]).unwrap());
-    assert_eq!(stats(&*b), (0, 0));
-    let e = b.evaluate(Request::Repr { target: Target::object(list.id) }).unwrap_err();
-    assert_eq!(e.qualified_type(), "farcall.ProtocolError");
-    // Dropping a session drops its objects; the other goes on.
-    let weakref = module(&*a, "weakref");
-    let probe = reference(call(&*a, &builtins_a, "set", vec![]).unwrap());
-    let weak = reference(call(&*a, &weakref, "ref", vec![mine(probe.id)]).unwrap());
-    let builtins_b = module(&*b, "builtins");
-    // Hand the weak reference to session b through a module attribute.
-    let sys_a = module(&*a, "sys");
-    let set = Request::SetAttr { target: Target::object(sys_a.id), name: "_farcall_test_weak".into(), value: mine(weak.id) };
-    a.evaluate(set).unwrap();
-    drop(a);
-    let sys_b = module(&*b, "sys");
-    let dead = call(&*b, &sys_b, "_farcall_test_weak", vec![]).unwrap();
-    assert_eq!(dead, Value::None, "the session's set was freed when it closed");
-    b.evaluate(Request::DelAttr { target: Target::object(sys_b.id), name: "_farcall_test_weak".into() }).unwrap();
-    assert_eq!(call(&*b, &builtins_b, "len", vec![Value::Tuple(vec![])]).unwrap(), Value::Int(0));
-}
-
-#[test]
 fn concurrent_calls_on_one_session() {
     let s = session();
     let math = module(&*s, "math");
@@ -125,5 +99,25 @@ fn a_blocked_call_does_not_hold_up_the_session() {
         let set = Request::Call { target: Target { id: event.id, path: vec!["set".into()] }, args: vec![], kwargs: vec![] };
         s.evaluate(set).unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), Value::Bool(true));
+    });
+}
+
+#[test]
+fn a_sleeping_call_does_not_hold_up_the_session() {
+    // time.sleep(2) on one thread; calls on another thread of the same
+    // session are answered while it sleeps.
+    let s = session();
+    let time = module(&*s, "time");
+    let math = module(&*s, "math");
+    std::thread::scope(|scope| {
+        let sleeper = scope.spawn(|| call(&*s, &time, "sleep", vec![Value::Int(2)]));
+        // Make sure the sleep has started: the worker answers this only after reading it.
+        let started = std::time::Instant::now();
+        for i in 0..20i64 {
+            assert_eq!(call(&*s, &math, "pow", vec![Value::Int(i), Value::Int(2)]).unwrap(), Value::Float((i * i) as f64));
+        }
+        assert!(!sleeper.is_finished(), "the quick calls waited for the sleeping one");
+        println!("20 calls answered in {:?} while another call slept", started.elapsed());
+        assert_eq!(sleeper.join().unwrap().unwrap(), Value::None);
     });
 }
