@@ -105,11 +105,11 @@ pub(crate) fn wait_ready(fd: RawFd, events: libc::c_short, wake: RawFd, deadline
     }
 }
 
-/// `read(2)` on a non-blocking descriptor: `Ok(None)` when nothing is there yet.
-pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+/// Runs a non-blocking I/O system call, retrying it when interrupted:
+/// `Ok(None)` when it would block.
+fn nonblocking(mut syscall: impl FnMut() -> isize) -> io::Result<Option<usize>> {
     loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = syscall();
         if n >= 0 {
             return Ok(Some(n as usize));
         }
@@ -122,23 +122,18 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     }
 }
 
+/// `read(2)` on a non-blocking descriptor: `Ok(None)` when nothing is there yet.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes.
+    nonblocking(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// `writev(2)` on a non-blocking descriptor: `Ok(None)` when the pipe is full.
 pub(crate) fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<Option<usize>> {
     let count = bufs.len().min(64) as libc::c_int;
-    loop {
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and at
-        // most `bufs.len()` of them are passed.
-        let n = unsafe { libc::writev(fd, bufs.as_ptr().cast(), count) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
+    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and at most
+    // `bufs.len()` of them are passed.
+    nonblocking(|| unsafe { libc::writev(fd, bufs.as_ptr().cast(), count) })
 }
 
 /// Blocks until process `pid` (a child of ours) has ended, without reaping
