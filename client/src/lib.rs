@@ -65,7 +65,7 @@ pub struct TlsOptions {
 }
 
 /// ALPN protocol id of farcall over TLS and QUIC.
-pub const ALPN: &[u8] = b"farcall/1";
+pub use farcall_tls::ALPN;
 
 impl Default for Options {
     fn default() -> Self {

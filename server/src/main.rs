@@ -100,9 +100,6 @@ fn start_evaluator(config: &ServerConfig) -> Result<Arc<dyn Evaluator>> {
     }
 }
 
-/// ALPN protocol id of farcall over TLS and QUIC.
-const ALPN: &[u8] = b"farcall/1";
-
 /// The server's rustls configuration from `[tls]` (validation made sure
 /// the three files are named when a tls:// or quic:// listener exists).
 fn server_tls(config: &ServerConfig) -> Result<Arc<rustls::ServerConfig>> {
@@ -111,7 +108,7 @@ fn server_tls(config: &ServerConfig) -> Result<Arc<rustls::ServerConfig>> {
         bail!("tls:// and quic:// listeners need [tls] cert, key and client_ca");
     };
     let files = farcall_tls::ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() };
-    Ok(files.load(&[ALPN])?)
+    Ok(files.load(&[farcall_tls::ALPN])?)
 }
 
 fn bind(url: &ListenUrl, config: &ServerConfig, max_frame: usize) -> Result<Box<dyn Listener>> {

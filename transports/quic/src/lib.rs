@@ -93,10 +93,11 @@ use quinn::{ConnectionError, TransportErrorCode, VarInt};
 pub use connection::{QuicConnection, DEFAULT_MAX_RETAINED};
 pub use listener::QuicListener;
 
-/// The ALPN protocol name farcall speaks over QUIC. Both sides set it
-/// whatever the rustls configuration they are given says, so a QUIC peer
-/// that is not farcall fails the handshake with a clear error.
-pub const ALPN: &[u8] = b"farcall/1";
+/// The ALPN protocol name farcall speaks (over QUIC and TLS). Both sides of
+/// a QUIC connection set it whatever the rustls configuration they are given
+/// says, so a QUIC peer that is not farcall fails the handshake with a clear
+/// error.
+pub use farcall_tls::ALPN;
 
 /// Receive window of one stream (one call's request or reply).
 ///

@@ -60,6 +60,9 @@ pub enum TlsError {
     Exists(String),
 }
 
+/// The ALPN protocol name of farcall over TLS and QUIC.
+pub const ALPN: &[u8] = b"farcall/1";
+
 /// The crypto provider farcall uses everywhere (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
