@@ -7,7 +7,11 @@ use farcall_core::{EvalSession, Evaluator, PeerInfo, RefDesc, RemoteException, R
 
 /// The session description evaluators are opened with.
 pub fn info(id: u64) -> SessionInfo {
-    SessionInfo { id, peer: PeerInfo { transport: "memory", address: "test".into(), identity: None } }
+    SessionInfo {
+        id,
+        peer: PeerInfo { transport: "memory", address: "test".into(), identity: None },
+        callbacks: std::sync::Arc::new(farcall_core::NoCallbacks),
+    }
 }
 
 /// A fresh session of the binary's evaluator, through the trait.

@@ -290,6 +290,9 @@ impl Client {
             Value::ReceiverObject(t) => {
                 return Err(ClientError::Protocol(format!("the server referred to client object {} but this client exports none", t.id)))
             }
+            Value::List(_) | Value::Dict(_) | Value::Set(_) | Value::Slice(_) | Value::Ellipsis => {
+                return Err(ClientError::Protocol("copies, slices and Ellipsis are not supported by this client yet".into()))
+            }
         })
     }
 }
@@ -415,7 +418,7 @@ impl Shared {
                         Err(RemoteException::protocol("this client does not serve requests (callbacks are not supported yet)")),
                     )),
                     Ok(Incoming::BadRequest { id: rid, error }) => Some(reply_frame(rid, Err(error))),
-                    Ok(Incoming::Reply(_) | Incoming::Release(_) | Incoming::Ignored) => None,
+                    Ok(Incoming::Reply(_) | Incoming::Release(_) | Incoming::Cancel(_) | Incoming::Late { .. }) => None,
                     Err(e) => {
                         drop(st);
                         self.fail(&format!("protocol error from the server: {e}"));

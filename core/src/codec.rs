@@ -11,9 +11,16 @@
 //! - request: `[0, id, opcode, fields...]`
 //! - reply: `[1, id, value]` or `[2, id, exception]`
 //! - release: `[3, id, count, id, count, ...]`
+//! - cancel: `[4, id]` (the sender no longer wants the reply to its request `id`)
 //! - values: nil, bool, int, float64, str, bin and array (tuple) natively;
 //!   ext 1 big int (little-endian two's complement), ext 2 complex (two LE f64),
-//!   ext 3 frozenset, ext 4 sender's object, ext 5 receiver's object.
+//!   ext 3 frozenset, ext 4 sender's object, ext 5 receiver's object,
+//!   ext 6 list copy (array of values), ext 7 dict copy (array `[k1, v1, k2, v2, ...]`),
+//!   ext 8 set copy (array of values), ext 9 slice (array `[start, stop, step]`),
+//!   ext 10 Ellipsis (empty payload).
+//!
+//! Opcodes: 1 GetModule, 2 GetAttr, 3 SetAttr, 4 DelAttr, 5 Call, 6 Repr,
+//! 7 Str, 8 Stats, 9 Builtin (`name, [args...]`). See `core/PROTOCOL.md`.
 
 use bytes::Bytes;
 
@@ -29,6 +36,7 @@ const KIND_REQUEST: u64 = 0;
 const KIND_REPLY_OK: u64 = 1;
 const KIND_REPLY_ERR: u64 = 2;
 const KIND_RELEASE: u64 = 3;
+const KIND_CANCEL: u64 = 4;
 
 const OP_GET_MODULE: u64 = 1;
 const OP_GET_ATTR: u64 = 2;
@@ -38,12 +46,18 @@ const OP_CALL: u64 = 5;
 const OP_REPR: u64 = 6;
 const OP_STR: u64 = 7;
 const OP_STATS: u64 = 8;
+const OP_BUILTIN: u64 = 9;
 
 const EXT_BIGINT: i8 = 1;
 const EXT_COMPLEX: i8 = 2;
 const EXT_FROZENSET: i8 = 3;
 const EXT_SENDER_OBJECT: i8 = 4;
 const EXT_RECEIVER_OBJECT: i8 = 5;
+const EXT_LIST: i8 = 6;
+const EXT_DICT: i8 = 7;
+const EXT_SET: i8 = 8;
+const EXT_SLICE: i8 = 9;
+const EXT_ELLIPSIS: i8 = 10;
 
 /// What a frame carries, readable without decoding it (a transport that maps
 /// calls to streams routes by it).
@@ -53,7 +67,7 @@ pub enum Route {
     Request(RequestId),
     /// The reply to the peer's request with this id.
     Reply(RequestId),
-    /// A message without reply (reference releases).
+    /// A message without reply (reference releases, cancels).
     Oneway,
 }
 
@@ -298,6 +312,17 @@ impl Encoder {
             Value::FrozenSet(items) => self.nested_ext(EXT_FROZENSET, |e| e.values(items)),
             Value::SenderObject(desc) => self.nested_ext(EXT_SENDER_OBJECT, |e| e.ref_desc(desc)),
             Value::ReceiverObject(t) => self.nested_ext(EXT_RECEIVER_OBJECT, |e| e.target(t)),
+            Value::List(items) => self.nested_ext(EXT_LIST, |e| e.values(items)),
+            Value::Dict(pairs) => self.nested_ext(EXT_DICT, |e| {
+                e.array(pairs.len() * 2);
+                for (k, v) in pairs {
+                    e.value(k);
+                    e.value(v);
+                }
+            }),
+            Value::Set(items) => self.nested_ext(EXT_SET, |e| e.values(items)),
+            Value::Slice(parts) => self.nested_ext(EXT_SLICE, |e| e.values(&parts[..])),
+            Value::Ellipsis => self.ext(EXT_ELLIPSIS, &[]),
         }
     }
 
@@ -358,6 +383,7 @@ impl Encoder {
             Request::Repr { .. } => (OP_REPR, 1),
             Request::Str { .. } => (OP_STR, 1),
             Request::Stats => (OP_STATS, 0),
+            Request::Builtin { .. } => (OP_BUILTIN, 2),
         };
         self.array(3 + fields);
         self.uint(KIND_REQUEST);
@@ -385,6 +411,10 @@ impl Encoder {
             }
             Request::Repr { target } | Request::Str { target } => self.target(target),
             Request::Stats => {}
+            Request::Builtin { name, args } => {
+                self.str(name);
+                self.values(args);
+            }
         }
     }
 }
@@ -420,6 +450,12 @@ pub fn encode(msg: &Message) -> Frame {
                 e.uint(r.id);
                 e.uint(r.count as u64);
             }
+            Route::Oneway
+        }
+        Message::Cancel(id) => {
+            e.array(2);
+            e.uint(KIND_CANCEL);
+            e.uint(*id);
             Route::Oneway
         }
     };
@@ -616,6 +652,20 @@ impl Decoder {
             EXT_FROZENSET => Value::FrozenSet(self.nested(payload, Decoder::values)?),
             EXT_SENDER_OBJECT => Value::SenderObject(self.nested(payload, Decoder::ref_desc)?),
             EXT_RECEIVER_OBJECT => Value::ReceiverObject(self.nested(payload, Decoder::target)?),
+            EXT_LIST => Value::List(self.nested(payload, Decoder::values)?),
+            EXT_DICT => Value::Dict(self.nested(payload, Decoder::pairs)?),
+            EXT_SET => Value::Set(self.nested(payload, Decoder::values)?),
+            EXT_SLICE => {
+                let parts: [Value; 3] =
+                    self.nested(payload, Decoder::values)?.try_into().map_err(|_| DecodeError::Invalid("slice is not 3 values"))?;
+                Value::Slice(Box::new(parts))
+            }
+            EXT_ELLIPSIS => {
+                if !payload.is_empty() {
+                    return Err(DecodeError::Invalid("Ellipsis with a payload"));
+                }
+                Value::Ellipsis
+            }
             _ => return Err(DecodeError::Invalid("unknown value extension type")),
         })
     }
@@ -632,6 +682,25 @@ impl Decoder {
         }
         self.depth -= 1;
         Ok(items)
+    }
+
+    /// A dict copy's payload: an array `[k1, v1, k2, v2, ...]`, one nesting level.
+    fn pairs(&mut self) -> Result<Vec<(Value, Value)>, DecodeError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        let n = self.array()?;
+        if n % 2 != 0 {
+            return Err(DecodeError::Invalid("dict copy is not key/value pairs"));
+        }
+        self.depth += 1;
+        let mut pairs = Vec::with_capacity(n / 2);
+        for _ in 0..n / 2 {
+            let k = self.value()?;
+            pairs.push((k, self.value()?));
+        }
+        self.depth -= 1;
+        Ok(pairs)
     }
 
     fn ref_desc(&mut self) -> Result<RefDesc, DecodeError> {
@@ -700,6 +769,7 @@ impl Decoder {
             OP_SET_ATTR | OP_CALL => (3, None),
             OP_REPR | OP_STR => (1, None),
             OP_STATS => (0, Some(Request::Stats)),
+            OP_BUILTIN => (2, None),
             _ => return Err(DecodeError::UnknownOp { id, op }),
         };
         Self::expect_fields(fields, want)?;
@@ -726,6 +796,7 @@ impl Decoder {
                 Request::Call { target, args, kwargs }
             }
             OP_REPR => Request::Repr { target: self.target()? },
+            OP_BUILTIN => Request::Builtin { name: self.str()?, args: self.values()? },
             _ => Request::Str { target: self.target()? },
         })
     }
@@ -764,6 +835,12 @@ impl Decoder {
                     refs.push(Release { id, count });
                 }
                 Message::Release(refs)
+            }
+            KIND_CANCEL => {
+                if n != 2 {
+                    return Err(DecodeError::Invalid("cancel is not 2 fields"));
+                }
+                Message::Cancel(self.uint()?)
             }
             k => return Err(DecodeError::UnknownKind(k)),
         };

@@ -20,8 +20,14 @@
 //!   count reaches zero. Ids are never reused within a session.
 //! - Policy (for example refusing attribute assignment) is enforced by the
 //!   server before `evaluate` is called; evaluators perform what they are asked.
+//! - Callbacks: [`SessionInfo::callbacks`] reaches the client's objects (the
+//!   client passed them as [`Value::SenderObject`] arguments). An evaluator may
+//!   call [`Callbacks::request`] from any thread while it evaluates a request
+//!   of the session, and from threads it started; it gives references to client
+//!   objects back with [`Callbacks::release`].
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::message::{Release, Request};
 use crate::transport::PeerInfo;
@@ -40,13 +46,48 @@ pub struct BackendInfo {
     pub python_executable: String,
 }
 
+/// The way an evaluation session reaches back to its client (callbacks).
+pub trait Callbacks: Send + Sync {
+    /// Sends `op` to the client and blocks until the client replies. May be
+    /// called from any thread that is evaluating a request of this session
+    /// (and from threads the user's code started), several at once. The
+    /// connection being gone is `Err(RemoteException { type_module: "farcall",
+    /// type_name: "ConnectionLost", .. })`.
+    fn request(&self, op: Request) -> Result<Value, RemoteException>;
+    /// Gives back references to client objects (ids the client allocated).
+    /// Never blocks, no I/O: they are queued and sent ahead of the next message
+    /// to the client.
+    fn release(&self, refs: &[Release]);
+}
+
+/// A [`Callbacks`] for sessions without a client to call (tests, tools):
+/// every request fails with a `farcall.ProtocolError`; releases are dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCallbacks;
+
+impl Callbacks for NoCallbacks {
+    fn request(&self, op: Request) -> Result<Value, RemoteException> {
+        Err(RemoteException::protocol(format!("this session has no client to call back ({} request refused)", op.name())))
+    }
+
+    fn release(&self, _refs: &[Release]) {}
+}
+
 /// What an evaluator knows of the session it opens.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionInfo {
     /// The server's id for the session (as in its logs).
     pub id: u64,
     /// The client.
     pub peer: PeerInfo,
+    /// Requests to the client's objects and releases of them.
+    pub callbacks: Arc<dyn Callbacks>,
+}
+
+impl fmt::Debug for SessionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionInfo").field("id", &self.id).field("peer", &self.peer).finish_non_exhaustive()
+    }
 }
 
 /// Why an evaluator could not start or open a session.

@@ -22,7 +22,7 @@ pub mod transport;
 pub mod value;
 
 pub use codec::{DecodeError, Frame, Route};
-pub use evaluator::{BackendInfo, EvalError, EvalSession, Evaluator, SessionInfo};
+pub use evaluator::{BackendInfo, Callbacks, EvalError, EvalSession, Evaluator, NoCallbacks, SessionInfo};
 pub use framing::FrameError;
 pub use message::{Message, Release, Request, RequestId};
 pub use session::{ExportTable, Incoming, Outcome, ReleaseQueue, Session, SessionError};

@@ -63,6 +63,15 @@ pub enum Request {
     /// Introspection: replies with a tuple `(live_objects, exported_total)` of
     /// the session's object table.
     Stats,
+    /// One operation of the fixed table `BUILTINS` of `farcall_semantics.py`
+    /// (operators, `len`, `iterate`, `obtain`, `deliver`, `eval`, `teleport`, ...;
+    /// see `core/PROTOCOL.md`). Any other name is a `farcall.ProtocolError`.
+    Builtin {
+        /// The operation's name in the table (`add`, `iterate`, `obtain`).
+        name: String,
+        /// Its arguments; the receiver's objects travel as [`Value::ReceiverObject`].
+        args: Vec<Value>,
+    },
 }
 
 impl Request {
@@ -77,6 +86,7 @@ impl Request {
             Request::Repr { .. } => "Repr",
             Request::Str { .. } => "Str",
             Request::Stats => "Stats",
+            Request::Builtin { .. } => "Builtin",
         }
     }
 }
@@ -110,4 +120,8 @@ pub enum Message {
     },
     /// References given back, batched; no reply.
     Release(Vec<Release>),
+    /// Advisory: the sender no longer wants the reply to its request with this
+    /// id. The receiver may stop the work where it can; a reply may still come
+    /// and is then ignored by the sender (which releases the references it carries).
+    Cancel(RequestId),
 }

@@ -37,8 +37,18 @@ pub enum Incoming {
     },
     /// The peer gives back references to our objects.
     Release(Vec<Release>),
-    /// A late reply to a request we abandoned; nothing to do.
-    Ignored,
+    /// The peer no longer wants the reply to its request `id` (advisory: stop
+    /// the work if the backend can; replying anyway is allowed).
+    Cancel(RequestId),
+    /// A late reply to a request we abandoned with [`Session::abandon`]. Nobody
+    /// waits for it; the receiver should release the references it carries
+    /// (every [`Value::SenderObject`] in `result`, see [`sender_objects`]).
+    Late {
+        /// The abandoned request's id.
+        id: RequestId,
+        /// The reply that nobody takes.
+        result: Outcome,
+    },
 }
 
 /// A violation of the protocol by the peer; the connection should be closed.
@@ -99,12 +109,13 @@ impl Session {
         Ok(match msg {
             Message::Request { id, op } => Incoming::Request { id, op },
             Message::Release(refs) => Incoming::Release(refs),
+            Message::Cancel(id) => Incoming::Cancel(id),
             Message::Reply { id, result } => match self.pending.get_mut(&id) {
                 Some(slot @ None) => {
                     *slot = Some(result);
                     Incoming::Reply(id)
                 }
-                _ if self.abandoned.remove(&id) => Incoming::Ignored,
+                _ if self.abandoned.remove(&id) => Incoming::Late { id, result },
                 _ => return Err(SessionError::UnknownReply(id)),
             },
         })
@@ -123,11 +134,35 @@ impl Session {
         matches!(self.pending.get(&id), Some(Some(_)))
     }
 
-    /// Gives up waiting for `id` (timeout, cancelled caller); a late reply is ignored.
-    pub fn abandon(&mut self, id: RequestId) {
-        if let Some(None) = self.pending.remove(&id) {
-            self.abandoned.insert(id);
+    /// Gives up waiting for `id` (timeout, cancelled caller).
+    ///
+    /// When the reply has already arrived (and was not taken) it is returned, so
+    /// that the caller can release the references it carries. Otherwise the id
+    /// is remembered and its reply, when it comes, is handed back once as
+    /// [`Incoming::Late`]. Send [`cancel_frame`] to tell the peer. Unknown or
+    /// already taken ids are ignored (`None`).
+    pub fn abandon(&mut self, id: RequestId) -> Option<Outcome> {
+        match self.pending.remove(&id)? {
+            Some(outcome) => Some(outcome),
+            None => {
+                self.abandoned.insert(id);
+                None
+            }
         }
+    }
+
+    /// Number of abandoned requests whose late reply has not arrived yet.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.len()
+    }
+
+    /// Fails every request in flight (the connection is gone): returns the ids
+    /// nobody has taken a reply for yet and forgets all pending and abandoned ids.
+    pub fn close(&mut self) -> Vec<RequestId> {
+        self.abandoned.clear();
+        let ids = self.pending.iter().filter(|(_, r)| r.is_none()).map(|(id, _)| *id).collect();
+        self.pending.retain(|_, r| r.is_some());
+        ids
     }
 
     /// Number of requests sent and not yet taken.
@@ -144,6 +179,50 @@ pub fn reply_frame(id: RequestId, result: Outcome) -> Frame {
 /// Encodes a batch of releases.
 pub fn release_frame(refs: Vec<Release>) -> Frame {
     codec::encode(&Message::Release(refs))
+}
+
+/// Encodes a cancel of our request `id` (see [`Session::abandon`]).
+pub fn cancel_frame(id: RequestId) -> Frame {
+    codec::encode(&Message::Cancel(id))
+}
+
+/// Every reference to the peer's objects ([`Value::SenderObject`]) in `value`,
+/// nested ones included, as releases of one reception each (an id received
+/// twice appears with count 2). A receiver that drops a value without making
+/// proxies (a late reply, an abandoned result) gives these back.
+pub fn sender_objects(value: &Value) -> Vec<Release> {
+    fn walk(v: &Value, out: &mut Vec<Release>, index: &mut HashMap<RefId, usize>) {
+        match v {
+            Value::SenderObject(d) => match index.get(&d.id) {
+                Some(&i) => out[i].count += 1,
+                None => {
+                    index.insert(d.id, out.len());
+                    out.push(Release { id: d.id, count: 1 });
+                }
+            },
+            Value::Tuple(items) | Value::FrozenSet(items) | Value::List(items) | Value::Set(items) => {
+                items.iter().for_each(|i| walk(i, out, index))
+            }
+            Value::Dict(pairs) => pairs.iter().for_each(|(k, v)| {
+                walk(k, out, index);
+                walk(v, out, index)
+            }),
+            Value::Slice(parts) => parts.iter().for_each(|i| walk(i, out, index)),
+            Value::None
+            | Value::Bool(_)
+            | Value::Int(_)
+            | Value::BigInt(_)
+            | Value::Float(_)
+            | Value::Complex(..)
+            | Value::Str(_)
+            | Value::Bytes(_)
+            | Value::ReceiverObject(_)
+            | Value::Ellipsis => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut out, &mut HashMap::new());
+    out
 }
 
 #[derive(Debug)]

@@ -39,6 +39,17 @@ pub enum Value {
     /// An object owned by the *receiver* of the message (a proxy being passed back
     /// home), possibly followed by an attribute path resolved at use time.
     ReceiverObject(Target),
+    /// A copy of a Python `list` (ext 6): only where a copy was asked for
+    /// (`obtain`, `deliver`, teleport payloads); receiving it makes a new list.
+    List(Vec<Value>),
+    /// A copy of a Python `dict` (ext 7): its `(key, value)` pairs in order.
+    Dict(Vec<(Value, Value)>),
+    /// A copy of a Python `set` (ext 8); order is not meaningful.
+    Set(Vec<Value>),
+    /// A Python `slice(start, stop, step)` of values (ext 9), always by value.
+    Slice(Box<[Value; 3]>),
+    /// Python `Ellipsis` (ext 10).
+    Ellipsis,
 }
 
 /// Flags describing a referenced object, so a client can answer simple
@@ -152,6 +163,11 @@ impl RemoteException {
     /// A farcall protocol-level error (`farcall.ProtocolError`).
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::new("farcall", "ProtocolError", message)
+    }
+
+    /// The connection to the peer is gone (`farcall.ConnectionLost`).
+    pub fn connection_lost(message: impl Into<String>) -> Self {
+        Self::new("farcall", "ConnectionLost", message)
     }
 
     /// A request refused by the server's policy (`farcall.PolicyError`).

@@ -37,11 +37,16 @@ fn arb_value() -> impl Strategy<Value = Value> {
             }
         ),
         (any::<u64>(), proptest::collection::vec("[a-z_]{1,8}", 0..3)).prop_map(|(id, path)| Value::ReceiverObject(Target { id, path })),
+        Just(Value::Ellipsis),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
-            proptest::collection::vec(inner, 0..8).prop_map(Value::FrozenSet),
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::FrozenSet),
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
+            proptest::collection::vec((inner.clone(), inner.clone()), 0..6).prop_map(Value::Dict),
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Set),
+            (inner.clone(), inner.clone(), inner).prop_map(|(a, b, c)| Value::Slice(Box::new([a, b, c]))),
         ]
     })
 }
@@ -61,6 +66,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         arb_target().prop_map(|target| Request::Repr { target }),
         arb_target().prop_map(|target| Request::Str { target }),
         Just(Request::Stats),
+        (".*", proptest::collection::vec(arb_value(), 0..4)).prop_map(|(name, args)| Request::Builtin { name, args }),
     ];
     let exc = (".*", ".*", proptest::collection::vec(arb_value(), 0..3), ".*", ".*")
         .prop_map(|(m, n, args, message, traceback)| RemoteException { type_module: m, type_name: n, args, message, traceback });
@@ -70,6 +76,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), exc).prop_map(|(id, e)| Message::Reply { id, result: Err(e) }),
         proptest::collection::vec((any::<u64>(), any::<u32>()), 0..10)
             .prop_map(|r| { Message::Release(r.into_iter().map(|(id, count)| Release { id, count }).collect(),) }),
+        any::<u64>().prop_map(Message::Cancel),
     ]
 }
 
@@ -245,4 +252,71 @@ fn routes_can_be_read_without_decoding() {
     assert_eq!(peek_route(&rel.to_bytes()), Some(Route::Oneway));
     assert_eq!(peek_route(&[0xc1]), None);
     assert_eq!(peek_route(&[]), None);
+}
+
+#[test]
+fn copies_slices_and_ellipsis_have_their_ext_numbers() {
+    // ext 6 list copy: [1, 2] as a nested array.
+    assert_eq!(&codec::encode_value(&Value::List(vec![Value::Int(1), Value::Int(2)]))[..], &[0xc7, 3, 6, 0x92, 1, 2]);
+    // ext 7 dict copy: {"a": 1} as [k, v].
+    assert_eq!(&codec::encode_value(&Value::Dict(vec![(Value::Str("a".into()), Value::Int(1))]))[..], &[0xd6, 7, 0x92, 0xa1, b'a', 1]);
+    // ext 8 set copy.
+    assert_eq!(&codec::encode_value(&Value::Set(vec![Value::Int(3)]))[..], &[0xd5, 8, 0x91, 3]);
+    // ext 9 slice(None, 5, None).
+    assert_eq!(
+        &codec::encode_value(&Value::Slice(Box::new([Value::None, Value::Int(5), Value::None])))[..],
+        &[0xd6, 9, 0x93, 0xc0, 5, 0xc0]
+    );
+    // ext 10 Ellipsis: an empty payload.
+    assert_eq!(&codec::encode_value(&Value::Ellipsis)[..], &[0xc7, 0, 10]);
+    for v in [
+        Value::List(vec![Value::Dict(vec![(Value::Int(1), Value::List(vec![]))]), Value::Tuple(vec![Value::Set(vec![])])]),
+        Value::Slice(Box::new([Value::Int(-1), Value::Ellipsis, Value::Int(2)])),
+        Value::Ellipsis,
+    ] {
+        assert_eq!(codec::decode_value(codec::encode_value(&v)).unwrap(), v);
+    }
+}
+
+#[test]
+fn malformed_copies_are_refused() {
+    // A dict copy with an odd number of items.
+    assert_eq!(codec::decode_value(Bytes::from_static(&[0xd5, 7, 0x91, 1])), Err(DecodeError::Invalid("dict copy is not key/value pairs")));
+    // A slice of two values.
+    assert_eq!(codec::decode_value(Bytes::from_static(&[0xc7, 3, 9, 0x92, 1, 2])), Err(DecodeError::Invalid("slice is not 3 values")));
+    // Ellipsis with a payload.
+    assert_eq!(codec::decode_value(Bytes::from_static(&[0xd4, 10, 0])), Err(DecodeError::Invalid("Ellipsis with a payload")));
+    // A list copy claiming 4 billion items inside a 6-byte payload.
+    assert_eq!(codec::decode_value(Bytes::from_static(&[0xc7, 5, 6, 0xdd, 0xff, 0xff, 0xff, 0xff])), Err(DecodeError::Truncated));
+    // A dict copy claiming 4 billion pairs.
+    assert_eq!(codec::decode_value(Bytes::from_static(&[0xc7, 5, 7, 0xdd, 0xff, 0xff, 0xff, 0xfe])), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn deeply_nested_copies_are_refused() {
+    // List copies nested inside each other past the depth limit.
+    let mut v = Value::None;
+    for i in 0..(codec::MAX_DEPTH + 2) {
+        v = match i % 3 {
+            0 => Value::List(vec![v]),
+            1 => Value::Dict(vec![(Value::Int(0), v)]),
+            _ => Value::Slice(Box::new([v, Value::None, Value::None])),
+        };
+    }
+    assert_eq!(codec::decode_value(codec::encode_value(&v)), Err(DecodeError::TooDeep));
+}
+
+#[test]
+fn builtin_requests_and_cancels_are_exact() {
+    let msg = Message::Request { id: 5, op: Request::Builtin { name: "add".into(), args: vec![Value::Int(1), Value::Int(2)] } };
+    // [0, 5, 9, "add", [1, 2]]
+    assert_eq!(&encode(&msg).to_bytes()[..], &[0x95, 0, 5, 9, 0xa3, b'a', b'd', b'd', 0x92, 1, 2]);
+    assert_eq!(decode(encode(&msg).to_bytes()).unwrap(), msg);
+    let cancel = encode(&Message::Cancel(300));
+    assert_eq!(&cancel.to_bytes()[..], &[0x92, 4, 0xcd, 1, 44]);
+    assert_eq!(cancel.route, farcall_core::Route::Oneway);
+    assert_eq!(decode(cancel.to_bytes()).unwrap(), Message::Cancel(300));
+    // A cancel with extra fields, a builtin with a missing field.
+    assert!(decode(Bytes::from_static(&[0x93, 4, 1, 2])).is_err());
+    assert!(decode(Bytes::from_static(&[0x94, 0, 1, 9, 0xa1, b'x'])).is_err());
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Mutex;
 
-use farcall_core::session::{release_frame, reply_frame};
+use farcall_core::session::{cancel_frame, release_frame, reply_frame, sender_objects};
 use farcall_core::transport::memory_pair;
-use farcall_core::{Connection, ExportTable, Incoming, RefDesc, ReleaseQueue, Request, Session, SessionError, Target, Value};
+use farcall_core::{Connection, ExportTable, Incoming, RefDesc, Release, ReleaseQueue, Request, Session, SessionError, Target, Value};
 
 /// The "server" side: answers `GetModule` with a new object and `Stats` with
 /// its table size, applying releases as they come.
@@ -86,13 +86,73 @@ fn a_reply_to_an_unknown_request_is_a_protocol_error() {
 }
 
 #[test]
-fn a_late_reply_to_an_abandoned_request_is_ignored() {
+fn a_late_reply_to_an_abandoned_request_is_handed_back_once() {
     let mut s = Session::new();
     let (id, _) = s.request(&Request::Stats);
-    s.abandon(id);
-    assert_eq!(s.receive(reply_frame(id, Ok(Value::None)).to_bytes()).unwrap(), Incoming::Ignored);
+    assert_eq!(s.abandon(id), None);
+    assert_eq!(s.abandoned(), 1);
+    let late = Value::Tuple(vec![Value::SenderObject(RefDesc::new(7, "list")), Value::SenderObject(RefDesc::new(7, "list"))]);
+    assert_eq!(s.receive(reply_frame(id, Ok(late.clone())).to_bytes()).unwrap(), Incoming::Late { id, result: Ok(late.clone()) });
+    assert_eq!(s.abandoned(), 0);
+    // Its references, to give back: id 7 received twice.
+    assert_eq!(sender_objects(&late), vec![Release { id: 7, count: 2 }]);
     // Only once: a second copy is a violation.
     assert!(s.receive(reply_frame(id, Ok(Value::None)).to_bytes()).is_err());
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn abandoning_after_the_reply_arrived_returns_it() {
+    let mut s = Session::new();
+    let (id, _) = s.request(&Request::Stats);
+    assert_eq!(s.receive(reply_frame(id, Ok(Value::Int(3))).to_bytes()).unwrap(), Incoming::Reply(id));
+    assert_eq!(s.abandon(id), Some(Ok(Value::Int(3))));
+    assert_eq!((s.in_flight(), s.abandoned()), (0, 0));
+    // Unknown ids: nothing.
+    assert_eq!(s.abandon(999), None);
+    assert_eq!(s.abandoned(), 0);
+}
+
+#[test]
+fn cancels_are_surfaced_and_close_fails_what_is_pending() {
+    let mut s = Session::new();
+    assert_eq!(s.receive(cancel_frame(12).to_bytes()).unwrap(), Incoming::Cancel(12));
+    let (a, _) = s.request(&Request::Stats);
+    let (b, _) = s.request(&Request::Stats);
+    let (c, _) = s.request(&Request::Stats);
+    s.receive(reply_frame(b, Ok(Value::None)).to_bytes()).unwrap();
+    s.abandon(c);
+    let mut open = s.close();
+    open.sort();
+    assert_eq!(open, vec![a]);
+    // The reply that had arrived can still be taken; nothing else is pending.
+    assert_eq!(s.take_reply(b), Some(Ok(Value::None)));
+    assert_eq!((s.in_flight(), s.abandoned()), (0, 0));
+}
+
+#[test]
+fn sender_objects_walks_every_container() {
+    let r = |id| Value::SenderObject(RefDesc::new(id, "object"));
+    let v = Value::List(vec![
+        r(1),
+        Value::Dict(vec![(r(2), r(1))]),
+        Value::Set(vec![r(3)]),
+        Value::FrozenSet(vec![r(4)]),
+        Value::Slice(Box::new([r(5), Value::None, Value::Ellipsis])),
+        Value::ReceiverObject(Target::object(6)),
+    ]);
+    let got = sender_objects(&v);
+    assert_eq!(
+        got,
+        vec![
+            Release { id: 1, count: 2 },
+            Release { id: 2, count: 1 },
+            Release { id: 3, count: 1 },
+            Release { id: 4, count: 1 },
+            Release { id: 5, count: 1 }
+        ]
+    );
+    assert!(sender_objects(&Value::Int(1)).is_empty());
 }
 
 #[test]

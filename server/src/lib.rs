@@ -187,7 +187,7 @@ impl Server {
             );
             return;
         }
-        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone() }) {
+        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone(), callbacks: Arc::new(farcall_core::NoCallbacks) }) {
             Ok(e) => e,
             Err(e) => {
                 drop(sessions);
@@ -321,7 +321,11 @@ impl Conn {
                     warn!(session = self.id, "{}", error.message);
                     Some(reply_frame(id, Err(error)))
                 }
-                Incoming::Release(_) | Incoming::Reply(_) | Incoming::Ignored => None,
+                Incoming::Cancel(rid) => {
+                    debug!(session = self.id, request = rid, "cancel received (advisory; the request runs to completion)");
+                    None
+                }
+                Incoming::Release(_) | Incoming::Reply(_) | Incoming::Late { .. } => None,
             };
             if let Some(frame) = reply {
                 if let Err(e) = self.conn.send(&[&frame]) {

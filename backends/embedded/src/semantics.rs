@@ -124,6 +124,11 @@ impl Semantics {
                 let attrs = PyTuple::empty(py);
                 self.ref_class.bind(py).call1((desc.id, desc.type_name, desc.flags, attrs))?
             }
+            Value::List(_) | Value::Dict(_) | Value::Set(_) | Value::Slice(_) | Value::Ellipsis => {
+                return Err(pyo3::exceptions::PyNotImplementedError::new_err(
+                    "copies, slices and Ellipsis are not supported by this backend yet",
+                ))
+            }
         })
     }
 

@@ -119,6 +119,9 @@ impl EmbeddedSession {
             Request::Repr { target } => m.get_repr.bind(py).call1((sem.target(py, &target)?,))?,
             Request::Str { target } => m.get_str.bind(py).call1((sem.target(py, &target)?,))?,
             Request::Stats => m.stats.bind(py).call0()?,
+            Request::Builtin { .. } => {
+                return Err(pyo3::exceptions::PyNotImplementedError::new_err("Builtin requests are not supported by this backend yet"))
+            }
         };
         sem.to_value(&result)
     }

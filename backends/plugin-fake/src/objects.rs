@@ -171,6 +171,11 @@ fn value_type(v: &Value) -> &'static str {
         Value::Tuple(_) => "tuple",
         Value::FrozenSet(_) => "frozenset",
         Value::SenderObject(_) | Value::ReceiverObject(_) => "object",
+        Value::List(_) => "list",
+        Value::Dict(_) => "dict",
+        Value::Set(_) => "set",
+        Value::Slice(_) => "slice",
+        Value::Ellipsis => "ellipsis",
     }
 }
 
@@ -202,6 +207,14 @@ pub(crate) fn repr(v: &Value) -> String {
         Value::FrozenSet(items) => format!("frozenset({{{}}})", items.iter().map(repr).collect::<Vec<_>>().join(", ")),
         Value::SenderObject(d) => format!("<{} object>", d.type_name),
         Value::ReceiverObject(t) => format!("<object {}>", t.id),
+        Value::List(items) => format!("[{}]", items.iter().map(repr).collect::<Vec<_>>().join(", ")),
+        Value::Dict(pairs) => {
+            format!("{{{}}}", pairs.iter().map(|(k, v)| format!("{}: {}", repr(k), repr(v))).collect::<Vec<_>>().join(", "))
+        }
+        Value::Set(items) if items.is_empty() => "set()".into(),
+        Value::Set(items) => format!("{{{}}}", items.iter().map(repr).collect::<Vec<_>>().join(", ")),
+        Value::Slice(p) => format!("slice({}, {}, {})", repr(&p[0]), repr(&p[1]), repr(&p[2])),
+        Value::Ellipsis => "Ellipsis".into(),
     }
 }
 

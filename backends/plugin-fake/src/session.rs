@@ -95,6 +95,8 @@ impl FakeSession {
                 return Ok(None);
             }
             Ok(Message::Reply { .. }) => return Err(FrameError::NotARequest),
+            // Advisory; every request here completes before the next frame.
+            Ok(Message::Cancel(_)) => return Ok(None),
             Err(DecodeError::UnknownOp { id, op }) => Message::Reply {
                 id,
                 result: Err(RemoteException::protocol(format!("unknown operation {op}: the fake evaluator does not know it"))),
@@ -146,6 +148,9 @@ impl FakeSession {
                     Value::Int(i64::try_from(table.len()).unwrap_or(i64::MAX)),
                     Value::Int(i64::try_from(table.exported_total()).unwrap_or(i64::MAX)),
                 ]))
+            }
+            Request::Builtin { name, .. } => {
+                Err(RemoteException::protocol(format!("Builtin request {name:?}: not supported by the fake evaluator yet")))
             }
         }
     }

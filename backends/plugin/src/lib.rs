@@ -21,7 +21,7 @@
 //! let evaluator = PluginEvaluator::load("target/debug/libfarcall_plugin_fake.so")?;
 //! assert_eq!(evaluator.info().name, "fake");
 //! let peer = PeerInfo { transport: "memory", address: "test".into(), identity: None };
-//! let session = evaluator.open(&SessionInfo { id: 1, peer })?;
+//! let session = evaluator.open(&SessionInfo { id: 1, peer, callbacks: std::sync::Arc::new(farcall_core::NoCallbacks) })?;
 //! let Value::SenderObject(math) = session.evaluate(Request::GetModule { name: "math".into() })? else {
 //!     unreachable!("a module travels by reference")
 //! };

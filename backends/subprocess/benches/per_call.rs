@@ -113,7 +113,11 @@ fn parallel(evaluator: &dyn Evaluator, threads: usize, time: Duration) -> f64 {
 }
 
 fn info(id: u64) -> SessionInfo {
-    SessionInfo { id, peer: PeerInfo { transport: "memory", address: "bench".into(), identity: None } }
+    SessionInfo {
+        id,
+        peer: PeerInfo { transport: "memory", address: "bench".into(), identity: None },
+        callbacks: std::sync::Arc::new(farcall_core::NoCallbacks),
+    }
 }
 
 fn main() {

@@ -952,6 +952,7 @@ fn kind_name(m: &Message) -> &'static str {
         Message::Request { .. } => "request",
         Message::Reply { .. } => "reply",
         Message::Release(_) => "release",
+        Message::Cancel(_) => "cancel",
     }
 }
 

@@ -21,7 +21,11 @@ fn dying_workers_leave_no_thread_or_process_behind() {
     let before = threads();
     let options = SubprocessOptions { prestart: 2, call_timeout: Some(Duration::from_secs(2)), ..Default::default() };
     let evaluator = SubprocessEvaluator::start(options).unwrap();
-    let info = SessionInfo { id: 1, peer: PeerInfo { transport: "memory", address: "test".into(), identity: None } };
+    let info = SessionInfo {
+        id: 1,
+        peer: PeerInfo { transport: "memory", address: "test".into(), identity: None },
+        callbacks: std::sync::Arc::new(farcall_core::NoCallbacks),
+    };
     let mut pids = Vec::new();
     for round in 0..3 {
         let sessions: Vec<_> = (0..4).map(|_| evaluator.open(&info).unwrap()).collect();

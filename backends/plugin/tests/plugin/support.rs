@@ -56,7 +56,11 @@ pub fn fake() -> PluginEvaluator {
 
 /// Session info for a test client.
 pub fn session_info(id: u64, identity: Option<&str>) -> SessionInfo {
-    SessionInfo { id, peer: PeerInfo { transport: "memory", address: format!("test-{id}"), identity: identity.map(str::to_owned) } }
+    SessionInfo {
+        id,
+        peer: PeerInfo { transport: "memory", address: format!("test-{id}"), identity: identity.map(str::to_owned) },
+        callbacks: std::sync::Arc::new(farcall_core::NoCallbacks),
+    }
 }
 
 /// A session of `evaluator` through the trait.
