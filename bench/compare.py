@@ -5,7 +5,7 @@
                                       [--parallel-seconds S] [--parallel-n N] [--worker-python PATH]
                                       [--impaired-calls N] [--impaired-transfers N] [--impaired-budget S]
                                       [--impaired-max-transfer S] [--relay-counters]
-                                      [--skip-rpyc] [--skip-backends] [--skip-parallel]
+                                      [--skip-rpyc] [--skip-backends] [--skip-parallel] [--skip-objects]
                                       [--skip-transports] [--skip-impaired]
 
 Part 1, backends and RPyC. Starts `farcall serve` ($FARCALL_BIN, default
@@ -32,6 +32,17 @@ own connection, call a prefetched `math.factorial(--parallel-n)` (~1 ms, and
 it holds the GIL: checked here with two threads) for --parallel-seconds after
 a common start, against the embedded and the subprocess (prestart 2) server;
 it prints calls per second and the speed-up over one process.
+
+Part 1c, remote objects, against RPyC. Over one connection to the embedded
+and the subprocess (prestart 2) servers and to the RPyC classic server, the
+same code through proxies (RPyC: netrefs): iterate a remote list of 100 000
+ints (RPyC: one round trip per item; the issue wants farcall ≥ 50× faster);
+`obtain` it (`farcall.obtain`, `rpyc.classic.obtain`); sqlite3 in memory:
+10 000 parameterised inserts, commit, then a select of all rows, fetched and
+iterated; a remote function calling a local callback 10 000 times; teleport
++ call of a small closure (`conn.teleport`; RPyC's `teleport_function`
+refuses closures, so both also teleport `def f(x, k=3)`). A measurement this
+build cannot do yet says so in its cell and the run goes on.
 
 Part 2, transports. Makes certificates in a temporary folder (`farcall certs
 --server-name 127.0.0.1 --client bench`) and starts ONE `farcall serve` whose
@@ -668,6 +679,265 @@ def print_table(ours: BackendResult, theirs: BackendResult, floor: Stats) -> Non
 
 
 
+# ----------------------------------------------- part 1c: remote objects, against RPyC
+
+ITERATE_ITEMS = 100_000
+SQLITE_ROWS = 10_000
+CALLBACK_CALLS = 10_000
+
+CALL_N_CODE = "def call_n(f, n):\n    for i in range(n):\n        f(i)\n    return n\n"
+
+
+class Unsupported(Exception):
+    """This build (or RPyC) cannot do the measurement; the message says why."""
+
+
+def make_scale(k: int) -> Callable[[int], int]:
+    """A small closure to teleport."""
+
+    def scale(x: int) -> int:
+        return x * k
+
+    return scale
+
+
+def scale_with_default(x: int, k: int = 3) -> int:
+    """The same without a closure: what RPyC's teleport_function accepts."""
+    return x * k
+
+
+@dataclass
+class ObjectMeasurement:
+    """One row of the remote-objects table: how to prepare a timed function for a connection."""
+
+    label: str
+    # prepare(conn, is_rpyc) -> the function to time (it checks its own result); raises Unsupported
+    prepare: Callable[[Any, bool], Callable[[], object]]
+    iterations: int  # timed runs for farcall
+    rpyc_iterations: int  # timed runs for RPyC (slow ones run once)
+    warmup: int
+    budget_s: float
+    fmt: str = "ms"  # how to print: "ms" or "µs"
+    note: str = ""
+
+
+def require(condition: bool, why: str) -> None:
+    if not condition:
+        raise Unsupported(why)
+
+
+def remote_int_list(conn: Any, n: int) -> Any:
+    b = conn.modules.builtins
+    return b.list(b.range(n))
+
+
+def prepare_iterate(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    import farcall
+
+    if not is_rpyc:
+        require(hasattr(farcall.Proxy, "__iter__"), "proxies are not iterable in this build (no Proxy.__iter__)")
+    numbers = remote_int_list(conn, ITERATE_ITEMS)
+    expected = sum(range(ITERATE_ITEMS))
+
+    def run() -> None:
+        total = 0
+        for x in numbers:
+            total += x
+        assert total == expected, f"iterating the remote list summed to {total}, expected {expected}"
+
+    return run
+
+
+def prepare_obtain(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    if is_rpyc:
+        import rpyc
+
+        obtain = rpyc.classic.obtain
+    else:
+        import farcall
+
+        require(hasattr(farcall, "obtain"), "farcall.obtain is not in this build")
+        obtain = farcall.obtain
+    numbers = remote_int_list(conn, ITERATE_ITEMS)
+    copy = obtain(numbers)
+    assert type(copy) is list and copy == list(range(ITERATE_ITEMS)), "obtain did not copy the remote list"
+    return lambda: obtain(numbers)
+
+
+def prepare_sqlite(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    if not is_rpyc:
+        import farcall
+
+        require(hasattr(farcall.Proxy, "__iter__"), "proxies are not iterable in this build (no Proxy.__iter__)")
+    sqlite3 = conn.modules.sqlite3
+    expected = sum(range(SQLITE_ROWS))
+
+    def run() -> None:
+        # check_same_thread=False: a server may serve a connection's calls from more than one thread;
+        # this measures speed, test_libraries.py checks the behaviour.
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            cur = db.cursor()
+            cur.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            execute = cur.execute
+            for i in range(SQLITE_ROWS):
+                execute("INSERT INTO t (k, name) VALUES (?, ?)", (i, f"name{i}"))
+            db.commit()
+            rows = execute("SELECT k, name FROM t ORDER BY k").fetchall()
+            count = total = 0
+            for k, name in rows:
+                count += 1
+                total += k
+            assert count == SQLITE_ROWS and total == expected, f"select gave {count} rows summing to {total}"
+        finally:
+            db.close()
+
+    return run
+
+
+def prepare_callbacks(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    if not is_rpyc:
+        require(hasattr(conn, "execute") and hasattr(conn, "namespace"), "conn.execute / conn.namespace are not in this build")
+    conn.execute(CALL_N_CODE)
+    call_n = conn.namespace["call_n"]
+    seen = [0]
+
+    def callback(i: int) -> None:
+        seen[0] += 1
+
+    def run() -> None:
+        seen[0] = 0
+        assert call_n(callback, CALLBACK_CALLS) == CALLBACK_CALLS
+        assert seen[0] == CALLBACK_CALLS, f"the callback ran {seen[0]} times, expected {CALLBACK_CALLS}"
+
+    return run
+
+
+def prepare_teleport_closure(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    if is_rpyc:
+        raise Unsupported("cannot: rpyc.classic.teleport_function refuses closures (\"Cannot export a function closure\")")
+    require(hasattr(conn, "teleport"), "conn.teleport is not in this build")
+    closure = make_scale(3)
+
+    def run() -> None:
+        remote = conn.teleport(closure)
+        assert remote(14) == 42
+
+    return run
+
+
+def prepare_teleport_plain(conn: Any, is_rpyc: bool) -> Callable[[], object]:
+    if is_rpyc:
+        import rpyc
+
+        def teleport(fn: Callable[..., Any]) -> Any:
+            return rpyc.classic.teleport_function(conn, fn)
+    else:
+        require(hasattr(conn, "teleport"), "conn.teleport is not in this build")
+        teleport = conn.teleport
+
+    def run() -> None:
+        remote = teleport(scale_with_default)
+        assert remote(14) == 42
+
+    return run
+
+
+OBJECT_MEASUREMENTS = [
+    ObjectMeasurement(f"iterate {ITERATE_ITEMS:,} remote ints", prepare_iterate, 5, 1, 1, 30),
+    ObjectMeasurement(f"obtain a remote list of {ITERATE_ITEMS:,} ints", prepare_obtain, 10, 10, 1, 20),
+    ObjectMeasurement(
+        f"sqlite3: {SQLITE_ROWS:,} inserts + select all", prepare_sqlite, 3, 1, 0, 60,
+        note=f"{SQLITE_ROWS:,} cur.execute(INSERT ... (?, ?), (i, name)), commit, fetchall(), iterate the rows",
+    ),
+    ObjectMeasurement(
+        f"callback called {CALLBACK_CALLS:,} times by the server", prepare_callbacks, 3, 1, 0, 60,
+        note="a remote call_n(f, n) calls a local function n times",
+    ),
+    ObjectMeasurement("teleport + call, a closure", prepare_teleport_closure, 200, 200, 5, 10, fmt="µs"),
+    ObjectMeasurement("teleport + call, def f(x, k=3)", prepare_teleport_plain, 200, 200, 5, 10, fmt="µs"),
+]
+
+
+def bench_objects(targets: list[Target]) -> dict[str, dict[str, Stats | str]]:
+    """Each measurement of OBJECT_MEASUREMENTS on each target: label -> target name -> Stats, or why not."""
+    results: dict[str, dict[str, Stats | str]] = {m.label: {} for m in OBJECT_MEASUREMENTS}
+    for t in targets:
+        is_rpyc = t.name == RPYC
+        try:
+            conn = t.open()
+        except Exception as e:  # noqa: BLE001 - a target that cannot connect is reported, not fatal
+            for m in OBJECT_MEASUREMENTS:
+                results[m.label][t.name] = f"connect failed: {type(e).__name__}: {e}"
+            continue
+        try:
+            for m in OBJECT_MEASUREMENTS:
+                print(f"  {t.name}: {m.label} ...", flush=True)
+                try:
+                    run = m.prepare(conn, is_rpyc)
+                    iterations = m.rpyc_iterations if is_rpyc else m.iterations
+                    warmup = 0 if is_rpyc and m.rpyc_iterations == 1 else m.warmup  # RPyC's slow rows run once
+                    results[m.label][t.name] = measure(run, iterations, warmup, m.budget_s)
+                except Unsupported as e:
+                    results[m.label][t.name] = str(e)
+                except Exception as e:  # noqa: BLE001 - one failing measurement must not end the run
+                    results[m.label][t.name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+    return results
+
+
+def print_objects_table(results: dict[str, dict[str, Stats | str]], names: list[str]) -> None:
+    heads = {EMBEDDED: "embedded", SUBPROCESS_WARM: "subproc. pre 2", SUBPROCESS_COLD: "subproc. pre 0", RPYC: "RPyC"}
+    columns = [n for n in names if any(n in r for r in results.values())]
+    width = 16
+    print()
+    print("remote objects: farcall (tcp://) by backend against RPyC (classic server), 127.0.0.1, median of the samples")
+    header = f"{'measurement':<44}" + "".join(f"{heads.get(c, c):>{width}}" for c in columns)
+    if EMBEDDED in columns and RPYC in columns:
+        header += f"{'embedded vs RPyC':>19}"
+    print(header)
+    print("-" * len(header))
+    notes: list[str] = []
+    for m in OBJECT_MEASUREMENTS:
+        row = results.get(m.label, {})
+        cells = []
+        for c in columns:
+            r = row.get(c)
+            if isinstance(r, Stats):
+                cells.append(unit(r.median_us, ".1f", "µs") if m.fmt == "µs" else unit(r.median_ms, ".1f", "ms"))
+            else:
+                cells.append("n/a")
+                if r:
+                    notes.append(f"{m.label}, {c}: {r}")
+        line = f"{m.label:<44}" + "".join(f"{cell:>{width}}" for cell in cells)
+        ours, theirs = row.get(EMBEDDED), row.get(RPYC)
+        if isinstance(ours, Stats) and isinstance(theirs, Stats):
+            line += f"{theirs.median_s / ours.median_s:>18.1f}×"
+        print(line)
+    counts = []
+    for c in columns:
+        counts.append("/".join(str(len(r.samples_ns)) if isinstance(r := results[m.label].get(c), Stats) else "-"
+                               for m in OBJECT_MEASUREMENTS))
+    print(f"{'samples (per row, top to bottom)':<44}" + "".join(f"{cell:>{width}}" for cell in counts))
+    ours, theirs = results[OBJECT_MEASUREMENTS[0].label].get(EMBEDDED), results[OBJECT_MEASUREMENTS[0].label].get(RPYC)
+    if isinstance(ours, Stats) and isinstance(theirs, Stats):
+        ratio = theirs.median_s / ours.median_s
+        verdict = "meets" if ratio >= 50 else "does NOT meet"
+        print(f"iterating {ITERATE_ITEMS:,} remote ints: farcall (embedded) is {ratio:.0f}× faster than RPyC, "
+              f"which {verdict} the issue's ≥ 50×.")
+    for m in OBJECT_MEASUREMENTS:
+        if m.note:
+            print(f"'{m.label}': {m.note}.")
+    print("Every row uses the remote objects through proxies (RPyC: netrefs) in the same code for both; a speed-up > 1")
+    print("means farcall is faster. RPyC iterates a remote list one round trip per item; its sqlite3 row runs once.")
+    for note in notes:
+        print(f"  {note}")
+
+
 # ---------------------------------------------------------- part 2: transports
 
 
@@ -1095,6 +1365,9 @@ def main() -> None:
         "--skip-backends", action="store_true", help="leave the subprocess backend out of part 1 (embedded only)"
     )
     parser.add_argument("--skip-parallel", action="store_true", help="skip the client processes calling at once")
+    parser.add_argument(
+        "--skip-objects", action="store_true", help="skip part 1c (remote objects: iteration, obtain, sqlite3, callbacks, teleport)"
+    )
     parser.add_argument("--skip-transports", action="store_true", help="skip parts 2 and 3 (transports, impaired links)")
     parser.add_argument("--skip-impaired", action="store_true", help="skip part 3 (impaired links)")
     parser.add_argument("--relay-counters", action="store_true", help="print each relay's counters in full")
@@ -1128,13 +1401,15 @@ def main() -> None:
     gil: Optional[GilCheck] = None
     transports: dict[str, TransportResult | str] = {}
     impaired: list[ImpairedResult] = []
+    objects: dict[str, dict[str, Stats | str]] = {}
+    object_names: list[str] = []
     with tempfile.TemporaryDirectory(prefix="farcall-bench-") as tmp:
         work = Path(tmp)
         names = [EMBEDDED]
         if not args.skip_backends:
             names += [SUBPROCESS_WARM, SUBPROCESS_COLD]
         targets: list[Target] = []
-        part1 = not (args.skip_rpyc and args.skip_backends) or not args.skip_parallel
+        part1 = not (args.skip_rpyc and args.skip_backends) or not args.skip_parallel or not args.skip_objects
         with contextlib.ExitStack() as stack:
             stack.callback(lambda: [stop_target(t) for t in targets])
             if part1:
@@ -1155,6 +1430,11 @@ def main() -> None:
                 print(f"backends: {', '.join(t.name for t in targets)} ...", flush=True)
                 measured, floor = bench_backends(targets, args, floor_ping)
                 backends.update(measured)
+            if not args.skip_objects:
+                object_targets = [t for t in targets if t.name in (EMBEDDED, SUBPROCESS_WARM, RPYC)]
+                print(f"remote objects: {', '.join(t.name for t in object_targets)} ...", flush=True)
+                objects = bench_objects(object_targets)
+                object_names = [t.name for t in object_targets]
             if not args.skip_parallel:
                 parallel_targets = [t for t in farcall_targets if t.name in (EMBEDDED, SUBPROCESS_WARM)]
                 print(f"parallel client processes: {', '.join(t.name for t in parallel_targets)} ...", flush=True)
@@ -1183,6 +1463,8 @@ def main() -> None:
         print_table(embedded, rpyc_result, floor)
     if len(backends) > 1:
         print_backend_table(backends, args.worker_python)
+    if objects:
+        print_objects_table(objects, object_names)
     if parallel and gil is not None:
         print_parallel_table(parallel, gil, args)
     if transports:
