@@ -31,6 +31,11 @@ pub enum ClientError {
     /// request's outcome is unknown.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+    /// The reply did not come within the request's timeout. The request was
+    /// cancelled on the server (where its backend can stop it) and its late
+    /// reply will be dropped; the connection stays usable.
+    #[error("timed out after {0:?} waiting for the server's reply")]
+    Timeout(std::time::Duration),
     /// The remote code raised an exception.
     #[error(transparent)]
     Remote(#[from] RemoteException),

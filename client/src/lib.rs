@@ -16,23 +16,45 @@
 //! The thread that waits for a reply reads it from the connection itself, so a
 //! call costs one network round trip and no thread hand-off; other waiting
 //! threads get their replies handed over.
+//!
+//! # Serving the server (callbacks)
+//!
+//! The protocol is symmetric: the server may call objects the client passed
+//! to it ([`Remote::Export`]). Install a [`Handler`] with
+//! [`Client::set_handler`]; a thread waiting for a reply serves the server's
+//! requests that arrive meanwhile (nested calls from the handler included),
+//! so no background thread is needed. Requests that arrive while no thread
+//! waits are served by the next one that does.
+//!
+//! # Timeouts
+//!
+//! [`Options::call_timeout`] (or [`Client::set_call_timeout`]) bounds every
+//! request; [`Client::request_with_timeout`] bounds one. A request that
+//! times out fails with [`ClientError::Timeout`], the server is sent a
+//! `cancel`, a late reply is dropped (its references released) and the
+//! connection stays usable. While a bounded request waits, a helper thread
+//! reads the connection for it (a blocked read cannot be interrupted).
 
 mod error;
+mod handler;
 mod remote;
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use farcall_core::handshake::{self, ClientHello, ServerHello};
-use farcall_core::session::{release_frame, reply_frame};
-use farcall_core::{Connection, Frame, Incoming, RefDesc, RefId, ReleaseQueue, RemoteException, Request, Route, Session, Value};
+use farcall_core::session::{cancel_frame, release_frame, reply_frame, sender_objects};
+use farcall_core::{
+    Connection, Frame, Incoming, RefDesc, RefId, Release, ReleaseQueue, RemoteException, Request, RequestId, Route, Session, Value,
+};
 
 pub use error::ClientError;
 pub use farcall_core::handshake::ServerHello as ServerInfo;
+pub use handler::{FnHandler, Handler};
 use remote::RefInner;
-pub use remote::{Hint, Remote, RemoteObject};
+pub use remote::{Hint, Remote, RemoteIter, RemoteObject};
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -48,6 +70,9 @@ pub struct Options {
     pub max_retained_buffer: usize,
     /// Certificates for `tls://` and `quic://` (required by those schemes).
     pub tls: Option<TlsOptions>,
+    /// The default limit of every request's wait for its reply (`None`: no
+    /// limit). See [`Client::set_call_timeout`].
+    pub call_timeout: Option<Duration>,
 }
 
 /// The client side of mutual TLS.
@@ -75,6 +100,7 @@ impl Default for Options {
             client_name: format!("farcall-client {}", handshake::FARCALL_VERSION),
             max_retained_buffer: 64 << 20,
             tls: None,
+            call_timeout: None,
         }
     }
 }
@@ -83,10 +109,27 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often queued releases are sent when the connection is otherwise idle.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long the helper reader idles before its thread ends.
+const HELPER_IDLE: Duration = Duration::from_secs(5);
+/// [`Shared::call_timeout`] when there is none.
+const NO_TIMEOUT: u64 = u64::MAX;
+
 /// A connection to a farcall server.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// Dropping the last clone closes the connection (the internal threads
+    /// hold `shared` only).
+    _owner: Arc<Owner>,
+}
+
+/// Closes the connection when the last [`Client`] clone goes.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.fail("connection closed by the client");
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -107,6 +150,14 @@ struct Shared {
     imports: Mutex<Imports>,
     modules: Mutex<HashMap<String, Arc<RefInner>>>,
     flusher: std::thread::Thread,
+    /// Performs the server's requests.
+    handler: RwLock<Option<Arc<dyn Handler>>>,
+    /// The default timeout of requests, in nanoseconds ([`NO_TIMEOUT`]: none).
+    call_timeout: AtomicU64,
+    /// Wakes the helper reader (see [`State::timed_waiters`]).
+    helper_cond: Condvar,
+    /// This very `Shared`, for starting the helper reader.
+    me: Weak<Shared>,
 }
 
 #[derive(Default)]
@@ -122,6 +173,16 @@ struct State {
     reading: bool,
     /// Threads waiting on `cond`.
     waiters: usize,
+    /// Threads waiting for a reply with a deadline. They never read the
+    /// connection themselves (a blocked read cannot be interrupted): the
+    /// helper reader does while there are any.
+    timed_waiters: usize,
+    /// Threads inside [`Shared::wait`] (waiting, reading or serving).
+    in_wait: usize,
+    /// Whether the helper reader thread is running.
+    helper: bool,
+    /// The server's requests read and not yet taken by a thread to serve.
+    requests: VecDeque<(RequestId, Request)>,
     /// Why the connection is unusable, once it is.
     closed: Option<String>,
 }
@@ -188,6 +249,7 @@ impl Client {
 
         let releases = Arc::new(ReleaseQueue::new());
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let me = weak.clone();
             let weak = weak.clone();
             let flusher = std::thread::Builder::new()
                 .name("farcall-release".into())
@@ -203,9 +265,43 @@ impl Client {
                 imports: Mutex::new(Imports::default()),
                 modules: Mutex::new(HashMap::new()),
                 flusher: flusher.thread().clone(),
+                handler: RwLock::new(None),
+                call_timeout: AtomicU64::new(NO_TIMEOUT),
+                helper_cond: Condvar::new(),
+                me,
             }
         });
-        Ok(Client { shared })
+        let client = Client { _owner: Arc::new(Owner(shared.clone())), shared };
+        client.set_call_timeout(options.call_timeout);
+        Ok(client)
+    }
+
+    /// Installs the [`Handler`] that performs the server's requests
+    /// (callbacks) and receives its releases of this client's objects;
+    /// replaces the previous one. Without a handler the server's requests are
+    /// answered with a `farcall.ProtocolError`.
+    pub fn set_handler(&self, handler: Arc<dyn Handler>) {
+        *self.shared.handler.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    /// Removes the handler, if any.
+    pub fn clear_handler(&self) {
+        self.shared.handler.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Sets the default limit of every request's wait (`None`: no limit).
+    /// A zero duration is treated as the smallest limit.
+    pub fn set_call_timeout(&self, timeout: Option<Duration>) {
+        let nanos = timeout.map_or(NO_TIMEOUT, |t| u64::try_from(t.as_nanos()).unwrap_or(NO_TIMEOUT - 1).min(NO_TIMEOUT - 1));
+        self.shared.call_timeout.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The default limit of every request's wait.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        match self.shared.call_timeout.load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            n => Some(Duration::from_nanos(n)),
+        }
     }
 
     /// What the server said of itself in the handshake.
@@ -229,6 +325,78 @@ impl Client {
         let m: RemoteObject = self.request(Request::GetModule { name: name.into() })?.extract()?;
         lock(&self.shared.modules).entry(name.into()).or_insert_with(|| m.inner.clone());
         Ok(m)
+    }
+
+    /// Performs the server's builtin operation `name` (see `BUILTINS` in
+    /// `core/PROTOCOL.md`: operators, `len`, `iterate`, `obtain`, `eval`,
+    /// ...) on `args`; the server's objects among them go home by
+    /// reference, [`Remote::List`], [`Remote::Dict`] and [`Remote::Set`] as
+    /// copies.
+    pub fn builtin(&self, name: &str, args: Vec<Remote>) -> Result<Remote, ClientError> {
+        self.builtin_with_timeout(name, args, None)
+    }
+
+    /// [`Client::builtin`] waiting at most `timeout` (`None`: the
+    /// connection's default).
+    pub fn builtin_with_timeout(&self, name: &str, args: Vec<Remote>, timeout: Option<Duration>) -> Result<Remote, ClientError> {
+        let mut keep = Vec::new();
+        let args = args.into_iter().map(|a| remote::to_value(self, a, &mut keep)).collect::<Result<_, _>>()?;
+        let result = self.request_with_timeout(Request::Builtin { name: name.into(), args }, timeout);
+        drop(keep);
+        result
+    }
+
+    /// `eval(code)` in this connection's namespace on the server.
+    pub fn eval(&self, code: &str) -> Result<Remote, ClientError> {
+        self.builtin("eval", vec![code.into()])
+    }
+
+    /// `exec(code)` in this connection's namespace on the server.
+    pub fn execute(&self, code: &str) -> Result<(), ClientError> {
+        self.builtin("execute", vec![code.into()]).map(drop)
+    }
+
+    /// This connection's namespace on the server (a dict, by reference): what
+    /// [`Client::eval`] and [`Client::execute`] see.
+    pub fn namespace(&self) -> Result<RemoteObject, ClientError> {
+        self.builtin("namespace", Vec::new())?.extract()
+    }
+
+    /// The server's `builtins` module.
+    pub fn builtins(&self) -> Result<RemoteObject, ClientError> {
+        self.module("builtins")
+    }
+
+    /// A copy of the server's object: scalars, tuples, frozensets, lists,
+    /// dicts and sets, nested (a `TypeError` from the server names what
+    /// cannot be copied and where).
+    pub fn obtain(&self, object: &RemoteObject) -> Result<Remote, ClientError> {
+        self.builtin("obtain", vec![Remote::Object(object.clone())])
+    }
+
+    /// Makes a new object on the server from a value (copies become new
+    /// lists, dicts and sets) and returns it (by reference when it is not a
+    /// plain value).
+    pub fn deliver(&self, value: Remote) -> Result<Remote, ClientError> {
+        self.builtin("deliver", vec![value])
+    }
+
+    /// Rebuilds the function `name` from its Python `source` on the server
+    /// (no globals, closure or defaults shipped: imports inside it resolve on
+    /// the server) and returns it, callable. Use `"<lambda>"` as `name` for
+    /// the only lambda of `source`.
+    pub fn teleport_source(&self, source: &str, name: &str) -> Result<RemoteObject, ClientError> {
+        let empty = || Remote::Dict(Vec::new());
+        let payload = Remote::Dict(vec![
+            ("name".into(), name.into()),
+            ("source".into(), source.into()),
+            ("globals".into(), empty()),
+            ("modules".into(), empty()),
+            ("defaults".into(), Remote::None),
+            ("kwdefaults".into(), Remote::None),
+            ("closure".into(), empty()),
+        ]);
+        self.builtin("teleport", vec!["source".into(), payload])?.extract()
     }
 
     /// `(live objects, objects ever exported)` of this session's table on the server.
@@ -262,9 +430,18 @@ impl Client {
         lock(&self.shared.state).closed.is_some()
     }
 
-    /// Performs one request and waits for its reply.
+    /// Performs one request and waits for its reply (at most the
+    /// connection's [call timeout](Client::set_call_timeout)).
     pub fn request(&self, op: Request) -> Result<Remote, ClientError> {
-        let value = self.shared.call(op)?.map_err(ClientError::Remote)?;
+        self.request_with_timeout(op, None)
+    }
+
+    /// Performs one request and waits for its reply at most `timeout`
+    /// (`None`: the connection's default). On expiry the request is
+    /// cancelled and [`ClientError::Timeout`] returned; the connection stays
+    /// usable.
+    pub fn request_with_timeout(&self, op: Request, timeout: Option<Duration>) -> Result<Remote, ClientError> {
+        let value = self.shared.call(self, op, timeout.or_else(|| self.call_timeout()))?.map_err(ClientError::Remote)?;
         self.import(value)
     }
 
@@ -273,8 +450,11 @@ impl Client {
     }
 
     /// Turns a received value into a [`Remote`], taking ownership of the
-    /// references it carries.
-    fn import(&self, v: Value) -> Result<Remote, ClientError> {
+    /// references it carries: the server's objects (ext 4) become
+    /// [`RemoteObject`]s, released when their last handle goes; this
+    /// client's own objects (ext 5) become [`Remote::Local`]. A
+    /// [`Handler`] converts the fields of the server's requests with it.
+    pub fn import(&self, v: Value) -> Result<Remote, ClientError> {
         Ok(match v {
             Value::None => Remote::None,
             Value::Bool(b) => Remote::Bool(b),
@@ -287,13 +467,22 @@ impl Client {
             Value::Tuple(t) => Remote::Tuple(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
             Value::FrozenSet(t) => Remote::FrozenSet(t.into_iter().map(|x| self.import(x)).collect::<Result<_, _>>()?),
             Value::SenderObject(desc) => Remote::Object(self.object(self.shared.adopt(desc))),
-            Value::ReceiverObject(t) => {
-                return Err(ClientError::Protocol(format!("the server referred to client object {} but this client exports none", t.id)))
+            Value::ReceiverObject(t) => Remote::Local(t),
+            Value::List(t) => Remote::List(self.import_all(t)?),
+            Value::Set(t) => Remote::Set(self.import_all(t)?),
+            Value::Dict(pairs) => {
+                Remote::Dict(pairs.into_iter().map(|(k, v)| Ok((self.import(k)?, self.import(v)?))).collect::<Result<_, ClientError>>()?)
             }
-            Value::List(_) | Value::Dict(_) | Value::Set(_) | Value::Slice(_) | Value::Ellipsis => {
-                return Err(ClientError::Protocol("copies, slices and Ellipsis are not supported by this client yet".into()))
+            Value::Slice(parts) => {
+                let [a, b, c] = *parts;
+                Remote::Slice(Box::new([self.import(a)?, self.import(b)?, self.import(c)?]))
             }
+            Value::Ellipsis => Remote::Ellipsis,
         })
+    }
+
+    fn import_all(&self, items: Vec<Value>) -> Result<Vec<Remote>, ClientError> {
+        items.into_iter().map(|x| self.import(x)).collect()
     }
 }
 
@@ -310,6 +499,27 @@ fn tls_config(address: &str, hostport: &str, options: &Options) -> Result<(Arc<r
     let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
     let name = tls.server_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_owned());
     Ok((config, name))
+}
+
+/// Reads the connection for threads that wait with a deadline, while there
+/// are any and nobody else reads; ends after idling a while.
+fn helper_loop(shared: Arc<Shared>) {
+    let mut st = lock(&shared.state);
+    loop {
+        if st.closed.is_some() {
+            break;
+        }
+        if st.timed_waiters > 0 && !st.reading {
+            st = shared.read_one(st);
+            continue;
+        }
+        let (guard, timeout) = shared.helper_cond.wait_timeout(st, HELPER_IDLE).unwrap_or_else(|p| p.into_inner());
+        st = guard;
+        if timeout.timed_out() && st.timed_waiters == 0 {
+            break;
+        }
+    }
+    st.helper = false;
 }
 
 fn flush_loop(weak: Weak<Shared>) {
@@ -358,6 +568,18 @@ impl Shared {
         })
     }
 
+    /// Sends `frame` preceded by the queued releases, so that they reach the
+    /// server before it.
+    fn send_after_releases(&self, frame: &Frame) -> Result<(), ClientError> {
+        let _order = lock(&self.send_order);
+        let batch = self.releases.take();
+        if batch.is_empty() {
+            self.send(&[frame])
+        } else {
+            self.send(&[&release_frame(batch), frame])
+        }
+    }
+
     /// Marks the connection unusable and wakes every waiter.
     fn fail(&self, why: &str) {
         let mut st = lock(&self.state);
@@ -367,9 +589,10 @@ impl Shared {
         }
         drop(st);
         self.cond.notify_all();
+        self.helper_cond.notify_all();
     }
 
-    fn call(&self, op: Request) -> Result<Result<Value, RemoteException>, ClientError> {
+    fn call(&self, client: &Client, op: Request, timeout: Option<Duration>) -> Result<Result<Value, RemoteException>, ClientError> {
         let (id, frame) = {
             let mut st = lock(&self.state);
             if let Some(why) = &st.closed {
@@ -377,28 +600,72 @@ impl Shared {
             }
             st.session.request_owned(op)
         };
-        {
-            let _order = lock(&self.send_order);
-            let batch = self.releases.take();
-            if batch.is_empty() {
-                self.send(&[&frame])?;
-            } else {
-                self.send(&[&release_frame(batch), &frame])?;
-            }
+        let deadline = timeout.map(|t| (Instant::now().checked_add(t), t));
+        if let Err(e) = self.send_after_releases(&frame) {
+            lock(&self.state).session.abandon(id);
+            return Err(e);
         }
-        self.wait(id)
+        self.wait(client, id, deadline)
     }
 
     /// Waits for the reply to `id`, reading the connection itself when no
-    /// other thread is.
-    fn wait(&self, id: u64) -> Result<Result<Value, RemoteException>, ClientError> {
+    /// other thread is (and it has no deadline), and serving the server's
+    /// requests that arrive meanwhile.
+    fn wait(
+        &self,
+        client: &Client,
+        id: RequestId,
+        deadline: Option<(Option<Instant>, Duration)>,
+    ) -> Result<Result<Value, RemoteException>, ClientError> {
         let mut st = lock(&self.state);
-        loop {
+        st.in_wait += 1;
+        let result = loop {
             if let Some(r) = st.session.take_reply(id) {
-                return Ok(r);
+                // The last thread to leave serves what is left, so that no
+                // request of the server waits for a caller that may never come.
+                while st.in_wait == 1 {
+                    let Some((rid, op)) = st.requests.pop_front() else { break };
+                    drop(st);
+                    self.serve(client, rid, op);
+                    st = lock(&self.state);
+                }
+                break Ok(r);
             }
-            if let Some(why) = &st.closed {
-                return Err(ClientError::ConnectionLost(why.clone()));
+            if let Some(why) = st.closed.clone() {
+                st.session.abandon(id);
+                break Err(ClientError::ConnectionLost(why));
+            }
+            if let Some((rid, op)) = st.requests.pop_front() {
+                drop(st);
+                self.serve(client, rid, op);
+                st = lock(&self.state);
+                continue;
+            }
+            if let Some((at, limit)) = deadline {
+                let left = at.map(|at| at.saturating_duration_since(Instant::now()));
+                if left == Some(Duration::ZERO) {
+                    if let Some(r) = st.session.abandon(id) {
+                        break Ok(r);
+                    }
+                    drop(st);
+                    // Advisory: the server stops the work where it can; its
+                    // late reply is dropped by `read_one`.
+                    let _ = self.send_after_releases(&cancel_frame(id));
+                    st = lock(&self.state);
+                    break Err(ClientError::Timeout(limit));
+                }
+                st.timed_waiters += 1;
+                st.waiters += 1;
+                if !st.reading {
+                    self.wake_helper(&mut st);
+                }
+                st = match left {
+                    Some(left) => self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0,
+                    None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                };
+                st.waiters -= 1;
+                st.timed_waiters -= 1;
+                continue;
             }
             if st.reading {
                 st.waiters += 1;
@@ -406,45 +673,125 @@ impl Shared {
                 st.waiters -= 1;
                 continue;
             }
-            st.reading = true;
-            drop(st);
-            let received = self.conn.recv();
-            st = lock(&self.state);
-            st.reading = false;
-            let answer = match received {
-                Ok(body) => match st.session.receive(body) {
-                    Ok(Incoming::Request { id: rid, .. }) => Some(reply_frame(
-                        rid,
-                        Err(RemoteException::protocol("this client does not serve requests (callbacks are not supported yet)")),
-                    )),
-                    Ok(Incoming::BadRequest { id: rid, error }) => Some(reply_frame(rid, Err(error))),
-                    Ok(Incoming::Reply(_) | Incoming::Release(_) | Incoming::Cancel(_) | Incoming::Late { .. }) => None,
-                    Err(e) => {
-                        drop(st);
-                        self.fail(&format!("protocol error from the server: {e}"));
-                        st = lock(&self.state);
-                        None
-                    }
-                },
+            st = self.read_one(st);
+        };
+        st.in_wait -= 1;
+        result
+    }
+
+    /// Has the helper reader read for the timed waiters, starting it if needed.
+    fn wake_helper(&self, st: &mut State) {
+        if st.helper {
+            self.helper_cond.notify_one();
+            return;
+        }
+        // The helper holds the shared state; it needs an owning handle.
+        let Some(me) = self.me.upgrade() else { return };
+        st.helper = true;
+        let spawned = std::thread::Builder::new().name("farcall-reader".into()).spawn(move || helper_loop(me));
+        if spawned.is_err() {
+            st.helper = false;
+        }
+    }
+
+    /// Reads one frame (taking the reading role for that time) and dispatches
+    /// it: replies are stored for their waiters, the server's requests queued
+    /// for a waiting thread to serve, releases handed to the handler.
+    fn read_one<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.reading = true;
+        drop(st);
+        let received = self.conn.recv();
+        st = lock(&self.state);
+        st.reading = false;
+        let mut answer = None;
+        let mut released = None;
+        let mut late = Vec::new();
+        match received {
+            Ok(body) => match st.session.receive(body) {
+                Ok(Incoming::Request { id, op }) => st.requests.push_back((id, op)),
+                Ok(Incoming::BadRequest { id, error }) => answer = Some(reply_frame(id, Err(error))),
+                Ok(Incoming::Release(refs)) => released = Some(refs),
+                Ok(Incoming::Late { result: Ok(v), .. }) => late = sender_objects(&v),
+                Ok(Incoming::Reply(_) | Incoming::Cancel(_) | Incoming::Late { result: Err(_), .. }) => {}
                 Err(e) => {
                     drop(st);
-                    let why = if e.is_closed() { "the server closed the connection".to_owned() } else { e.to_string() };
-                    self.fail(&why);
+                    self.fail(&format!("protocol error from the server: {e}"));
                     st = lock(&self.state);
-                    None
                 }
-            };
-            // Another thread may now read, or has its reply.
-            if st.waiters > 0 {
-                self.cond.notify_all();
-            }
-            if let Some(frame) = answer {
+            },
+            Err(e) => {
                 drop(st);
-                let _ = self.send(&[&frame]);
+                let why = if e.is_closed() { "the server closed the connection".to_owned() } else { e.to_string() };
+                self.fail(&why);
                 st = lock(&self.state);
             }
         }
+        // A late reply nobody takes: give back the references it carries
+        // (before anyone sends again).
+        for r in late {
+            self.releases.push(r.id, r.count);
+        }
+        // Another thread may now read, has its reply, or can serve a request.
+        if st.waiters > 0 {
+            self.cond.notify_all();
+        }
+        if st.timed_waiters > 0 {
+            self.helper_cond.notify_one();
+        }
+        if answer.is_none() && released.is_none() {
+            return st;
+        }
+        drop(st);
+        if let Some(refs) = released {
+            self.release_local(&refs);
+        }
+        if let Some(frame) = answer {
+            let _ = self.send_after_releases(&frame);
+        }
+        lock(&self.state)
     }
+
+    fn handler(&self) -> Option<Arc<dyn Handler>> {
+        self.handler.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hands the server's releases of this client's objects to the handler.
+    fn release_local(&self, refs: &[Release]) {
+        if let Some(h) = self.handler() {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.release(refs))) {
+                tracing::error!("the client's handler panicked releasing objects: {}", panic_message(&panic));
+            }
+        }
+    }
+
+    /// Performs the server's request `id` with the handler and sends the reply.
+    fn serve(&self, client: &Client, id: RequestId, op: Request) {
+        let outcome = match self.handler() {
+            None => Err(RemoteException::protocol(format!(
+                "the client serves no requests ({} refused): it has no handler installed for callbacks",
+                op.name()
+            ))),
+            Some(h) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.handle(client, op))) {
+                Ok(r) => r,
+                Err(panic) => Err(RemoteException::new(
+                    "farcall",
+                    "InternalError",
+                    format!("the client's handler panicked: {}", panic_message(&panic)),
+                )),
+            },
+        };
+        let mut keep = Vec::new();
+        let outcome = outcome.and_then(|r| {
+            remote::to_value(client, r, &mut keep)
+                .map_err(|e| RemoteException::protocol(format!("the client's handler returned a value it cannot send: {e}")))
+        });
+        let _ = self.send_after_releases(&reply_frame(id, outcome));
+        drop(keep);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "?".into())
 }
 
 impl Drop for Shared {

@@ -1,16 +1,20 @@
 //! Values received from the server, and handles on its objects.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use farcall_core::{LazyKind, RefDesc, ReleaseQueue, Request, Target, Value};
 
 use crate::{Client, ClientError};
 
-/// A value from the server: plain values by value, everything else as a
-/// [`RemoteObject`].
+/// A value exchanged with the server: plain values by value, the server's
+/// objects as [`RemoteObject`], copies of containers where one was asked for
+/// ([`Client::obtain`], [`Client::deliver`]), and this client's own objects
+/// ([`Remote::Local`] received, [`Remote::Export`] sent).
 #[derive(Debug, Clone)]
 pub enum Remote {
     /// `None`.
@@ -35,6 +39,23 @@ pub enum Remote {
     FrozenSet(Vec<Remote>),
     /// Any other object: a handle on the server's object.
     Object(RemoteObject),
+    /// A copy of a `list` (ext 6): only where a copy was asked for.
+    List(Vec<Remote>),
+    /// A copy of a `dict` (ext 7): its `(key, value)` pairs in order.
+    Dict(Vec<(Remote, Remote)>),
+    /// A copy of a `set` (ext 8).
+    Set(Vec<Remote>),
+    /// `slice(start, stop, step)`.
+    Slice(Box<[Remote; 3]>),
+    /// `Ellipsis`.
+    Ellipsis,
+    /// One of this client's own objects coming home (ext 5): the id its
+    /// [`crate::Handler`] gave it, and an attribute path. Received only;
+    /// to send the object again, send it as [`Remote::Export`].
+    Local(Target),
+    /// One of this client's own objects, sent by reference (ext 4): the
+    /// [`crate::Handler`]'s id for it, counted once per sending.
+    Export(RefDesc),
 }
 
 impl Remote {
@@ -56,7 +77,25 @@ impl Remote {
             Remote::Tuple(_) => "tuple".into(),
             Remote::FrozenSet(_) => "frozenset".into(),
             Remote::Object(o) => format!("remote {}", o.type_name()),
+            Remote::List(_) => "list".into(),
+            Remote::Dict(_) => "dict".into(),
+            Remote::Set(_) => "set".into(),
+            Remote::Slice(_) => "slice".into(),
+            Remote::Ellipsis => "ellipsis".into(),
+            Remote::Local(t) => format!("client object {}", t.id),
+            Remote::Export(d) => format!("exported client {}", d.type_name),
         }
+    }
+
+    /// A `slice(start, stop, step)` value.
+    pub fn slice(start: impl Into<Remote>, stop: impl Into<Remote>, step: impl Into<Remote>) -> Remote {
+        Remote::Slice(Box::new([start.into(), stop.into(), step.into()]))
+    }
+}
+
+impl From<Option<i64>> for Remote {
+    fn from(x: Option<i64>) -> Self {
+        x.map_or(Remote::None, Remote::Int)
     }
 }
 
@@ -94,7 +133,8 @@ remote_try_into! {
     String, "str", |x| match x { Remote::Str(s) => Some(s), _ => None };
     Bytes, "bytes", |x| match x { Remote::Bytes(b) => Some(b), _ => None };
     Vec<u8>, "bytes", |x| match x { Remote::Bytes(b) => Some(b.to_vec()), _ => None };
-    Vec<Remote>, "tuple", |x| match x { Remote::Tuple(t) => Some(t), _ => None };
+    Vec<Remote>, "a tuple, list or set", |x| match x { Remote::Tuple(t) | Remote::List(t) | Remote::Set(t) | Remote::FrozenSet(t) => Some(t), _ => None };
+    Vec<(Remote, Remote)>, "dict", |x| match x { Remote::Dict(d) => Some(d), _ => None };
     RemoteObject, "a remote object", |x| match x { Remote::Object(o) => Some(o), _ => None };
 }
 
@@ -208,15 +248,72 @@ impl RemoteObject {
 
     /// `self(*args, **kwargs)`.
     pub fn call_kw(&self, args: Vec<Remote>, kwargs: Vec<(String, Remote)>) -> Result<Remote, ClientError> {
+        self.call_with_timeout(args, kwargs, None)
+    }
+
+    /// `self(*args, **kwargs)`, waiting at most `timeout` (`None`: the
+    /// connection's default, see [`Client::set_call_timeout`]).
+    pub fn call_with_timeout(
+        &self,
+        args: Vec<Remote>,
+        kwargs: Vec<(String, Remote)>,
+        timeout: Option<Duration>,
+    ) -> Result<Remote, ClientError> {
         let c = &self.client;
         // Objects passed as arguments stay referenced until the reply is in:
         // releasing them first would free them on the server before the call.
         let mut keep = Vec::new();
         let args = args.into_iter().map(|a| to_value(c, a, &mut keep)).collect::<Result<_, _>>()?;
         let kwargs = kwargs.into_iter().map(|(k, v)| Ok((k, to_value(c, v, &mut keep)?))).collect::<Result<_, ClientError>>()?;
-        let result = c.request(Request::Call { target: self.target(), args, kwargs });
+        let result = c.request_with_timeout(Request::Call { target: self.target(), args, kwargs }, timeout);
         drop(keep);
         result
+    }
+
+    /// The builtin operation `name` with this object as first argument
+    /// (`self.op("add", [1.into()])` is `self + 1` on the server); see
+    /// [`Client::builtin`].
+    pub fn op(&self, name: &str, args: Vec<Remote>) -> Result<Remote, ClientError> {
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(Remote::Object(self.clone()));
+        all.extend(args);
+        self.client.builtin(name, all)
+    }
+
+    /// `len(self)`.
+    pub fn len(&self) -> Result<i64, ClientError> {
+        self.op("len", Vec::new())?.extract()
+    }
+
+    /// `not self` on the server (`len(self) == 0` for containers).
+    pub fn is_empty(&self) -> Result<bool, ClientError> {
+        Ok(!self.op("truth", Vec::new())?.extract::<bool>()?)
+    }
+
+    /// `self[key]`.
+    pub fn getitem(&self, key: impl Into<Remote>) -> Result<Remote, ClientError> {
+        self.op("getitem", vec![key.into()])
+    }
+
+    /// `self[key] = value`.
+    pub fn setitem(&self, key: impl Into<Remote>, value: impl Into<Remote>) -> Result<(), ClientError> {
+        self.op("setitem", vec![key.into(), value.into()]).map(drop)
+    }
+
+    /// `x in self`.
+    pub fn contains(&self, x: impl Into<Remote>) -> Result<bool, ClientError> {
+        self.op("contains", vec![x.into()])?.extract()
+    }
+
+    /// Iterates over the object on the server, fetching items in batches
+    /// (64, then four times more each round trip, up to 4096).
+    pub fn iter(&self) -> RemoteIter {
+        RemoteIter { client: self.client.clone(), source: Some(Remote::Object(self.clone())), batch: FIRST_BATCH, items: VecDeque::new() }
+    }
+
+    /// A copy of the object (see [`Client::obtain`]).
+    pub fn obtain(&self) -> Result<Remote, ClientError> {
+        self.client.obtain(self)
     }
 
     /// `setattr(self, name, value)` (the server's policy may refuse it).
@@ -249,6 +346,58 @@ impl RemoteObject {
     }
 }
 
+/// The first batch of [`RemoteObject::iter`].
+const FIRST_BATCH: i64 = 64;
+/// The largest batch of [`RemoteObject::iter`].
+const MAX_BATCH: i64 = 4096;
+
+/// Iterates over a server object in batches: `Builtin("iterate", [o, n])`
+/// returns up to `n` items and the rest of the iterator. Made by
+/// [`RemoteObject::iter`]; an error ends the iteration.
+#[derive(Debug)]
+pub struct RemoteIter {
+    client: Client,
+    /// What the next batch is taken from (the object, then the server's
+    /// iterator over it); `None` once exhausted.
+    source: Option<Remote>,
+    batch: i64,
+    items: VecDeque<Remote>,
+}
+
+impl Iterator for RemoteIter {
+    type Item = Result<Remote, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.items.pop_front() {
+                return Some(Ok(item));
+            }
+            let source = self.source.take()?;
+            let reply = match self.client.builtin("iterate", vec![source, Remote::Int(self.batch)]) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            self.batch = (self.batch * 4).min(MAX_BATCH);
+            match reply {
+                Remote::Tuple(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    let (items, rest) = (pair.next().unwrap_or(Remote::None), pair.next().unwrap_or(Remote::None));
+                    match items {
+                        Remote::Tuple(items) | Remote::List(items) => self.items.extend(items),
+                        other => return Some(Err(ClientError::Protocol(format!("iterate: items are a {}", other.kind())))),
+                    }
+                    self.source = match rest {
+                        Remote::None => None,
+                        rest @ Remote::Object(_) => Some(rest),
+                        other => return Some(Err(ClientError::Protocol(format!("iterate: the rest is a {}", other.kind())))),
+                    };
+                }
+                other => return Some(Err(ClientError::Protocol(format!("iterate replied with a {}", other.kind())))),
+            }
+        }
+    }
+}
+
 /// Converts an outgoing argument; objects must belong to `client`, and are
 /// moved to `keep` so that they stay referenced until the request is answered.
 pub(crate) fn to_value(client: &Client, r: Remote, keep: &mut Vec<RemoteObject>) -> Result<Value, ClientError> {
@@ -270,6 +419,27 @@ pub(crate) fn to_value(client: &Client, r: Remote, keep: &mut Vec<RemoteObject>)
             let target = o.target();
             keep.push(o);
             Value::ReceiverObject(target)
+        }
+        Remote::List(t) => Value::List(t.into_iter().map(|x| to_value(client, x, keep)).collect::<Result<_, _>>()?),
+        Remote::Set(t) => Value::Set(t.into_iter().map(|x| to_value(client, x, keep)).collect::<Result<_, _>>()?),
+        Remote::Dict(pairs) => Value::Dict(
+            pairs
+                .into_iter()
+                .map(|(k, v)| Ok((to_value(client, k, keep)?, to_value(client, v, keep)?)))
+                .collect::<Result<_, ClientError>>()?,
+        ),
+        Remote::Slice(parts) => {
+            let [a, b, c] = *parts;
+            Value::Slice(Box::new([to_value(client, a, keep)?, to_value(client, b, keep)?, to_value(client, c, keep)?]))
+        }
+        Remote::Ellipsis => Value::Ellipsis,
+        Remote::Export(desc) => Value::SenderObject(desc),
+        Remote::Local(t) => {
+            return Err(ClientError::Usage(format!(
+                "client object {} came home as Remote::Local; to send it to the server again, send it as Remote::Export \
+                 (counted by the handler's table)",
+                t.id
+            )))
         }
     })
 }

@@ -202,6 +202,7 @@ fn remote_to_py(py: Python<'_>, r: Remote) -> PyResult<Py<PyAny>> {
             let handle = Py::new(py, Handle { obj })?;
             hooks(py)?.make_proxy.call1(py, (handle,))?
         }
+        other => return Err(PyTypeError::new_err(format!("farcall: cannot receive a {} yet", other.kind()))),
     })
 }
 
