@@ -39,13 +39,30 @@ def remote_type_name(proxy: Any) -> str:
 
 # -- sqlite3 ---------------------------------------------------------------------------
 
+#: The tests below are about driving sqlite3 through proxies; whether a default connection (which
+#: sqlite3 ties to the thread that made it) survives a session's calls is the next test's business.
+ANY_THREAD = {"check_same_thread": False}
+
 FRUIT_SCHEMA = "CREATE TABLE fruit (name TEXT PRIMARY KEY, qty INTEGER NOT NULL, price REAL NOT NULL)"
 INSERT_FRUIT = "INSERT INTO fruit (name, qty, price) VALUES (?, ?, ?)"
 
 
+def test_sqlite3_default_connection_is_usable_by_the_sessions_later_calls(conn: farcall.Connection) -> None:
+    """sqlite3 refuses to use a connection from a thread other than its creator's (by default):
+    a session's calls must reach Python on a thread that keeps that working, as a local program would."""
+    db = conn.modules.sqlite3.connect(":memory:")
+    try:
+        db.execute("CREATE TABLE t (x INTEGER)")
+        for i in range(50):
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+        assert db.execute("SELECT count(*), sum(x) FROM t").fetchone() == (50, sum(range(50)))
+    finally:
+        db.close()
+
+
 def test_sqlite3_cursor_execute_with_parameters_executemany_fetchall(conn: farcall.Connection) -> None:
     sqlite3 = conn.modules.sqlite3
-    db = sqlite3.connect(":memory:")
+    db = sqlite3.connect(":memory:", **ANY_THREAD)
     try:
         cur = db.cursor()
         assert remote_type_name(cur) == "Cursor"
@@ -91,7 +108,7 @@ def test_sqlite3_cursor_execute_with_parameters_executemany_fetchall(conn: farca
 def test_sqlite3_executemany_reads_a_local_list_through_callbacks(conn: farcall.Connection) -> None:
     """A local list passed as an argument travels by reference: sqlite3 iterates it on the
     server, each step a request back to this client."""
-    db = conn.modules.sqlite3.connect(":memory:")
+    db = conn.modules.sqlite3.connect(":memory:", **ANY_THREAD)
     try:
         db.execute(FRUIT_SCHEMA)
         local_rows = [(f"fruit{i}", i, i / 10) for i in range(50)]
@@ -105,8 +122,8 @@ def test_sqlite3_executemany_reads_a_local_list_through_callbacks(conn: farcall.
 def test_sqlite3_commit_is_what_another_connection_sees(conn: farcall.Connection, server_tmp: str) -> None:
     sqlite3 = conn.modules.sqlite3
     path = conn.modules.os.path.join(server_tmp, "fruit.db")
-    writer = sqlite3.connect(path)
-    reader = sqlite3.connect(path)
+    writer = sqlite3.connect(path, **ANY_THREAD)
+    reader = sqlite3.connect(path, **ANY_THREAD)
     try:
         writer.execute(FRUIT_SCHEMA)
         writer.commit()
@@ -129,8 +146,8 @@ class LocalOnlyError(Exception):
 def test_sqlite3_connection_as_context_manager_commits_or_rolls_back(conn: farcall.Connection, server_tmp: str) -> None:
     sqlite3 = conn.modules.sqlite3
     path = conn.modules.os.path.join(server_tmp, "ledger.db")
-    db = sqlite3.connect(path)
-    observer = sqlite3.connect(path)
+    db = sqlite3.connect(path, **ANY_THREAD)
+    observer = sqlite3.connect(path, **ANY_THREAD)
 
     def observed() -> list[tuple[str, int]]:
         return list(observer.execute("SELECT name, qty FROM fruit ORDER BY name"))
