@@ -11,11 +11,26 @@ Protocol (frames are a 4-byte big-endian length, then the body):
 2. worker -> server: the hello, a MessagePack map: ``farcall_worker`` (this
    protocol's version, :data:`PROTOCOL`), ``python_version``, ``prefix``,
    ``executable``, ``pid``.
-3. server -> worker: requests ``[0, id, opcode, fields...]`` and releases
-   ``[3, id, count, ...]``, exactly as on farcall's wire (core's codec.rs);
-   worker -> server: replies ``[1, id, value]`` or ``[2, id, exception]``.
+3. Then exactly farcall's own messages (core's codec.rs), in both
+   directions, as between a client and a server:
+
+   - server -> worker: requests ``[0, id, opcode, fields...]`` of the
+     client, releases ``[3, id, count, ...]`` of this session's objects,
+     cancels ``[4, id]`` (ignored: a running call cannot be stopped), and
+     the replies ``[1, id, value]`` / ``[2, id, exception]`` to the
+     worker's own requests;
+   - worker -> server: the replies to the server's requests, and the
+     worker's own requests (*callbacks*: user code calling an object of the
+     client, a :class:`farcall_semantics.PeerObject`) with ids of their own,
+     and releases of the client's objects (queued by
+     ``PeerObject.__del__``, written just ahead of the worker's next frame).
+
    Requests are served concurrently (a slow call does not hold up the
-   others); a release is applied before any request that follows it.
+   others); a release is applied before any request that follows it. A
+   thread waiting for the reply to a callback does not read: the reading
+   thread delivers the reply to it, and meanwhile the worker keeps serving
+   the server's requests (nested calls: client -> server -> client ->
+   server).
 4. worker -> server, at most once, just before the worker ends itself: a
    notice ``[127, reason, detail]`` (reason ``out_of_memory``, ``protocol``
    or ``internal``).
@@ -28,6 +43,7 @@ any user code runs (``sys.stdin`` reads ``/dev/null``, ``sys.stdout`` and
 file descriptor 1 write to stderr).
 """
 
+import collections
 import io
 import os
 import struct
@@ -40,7 +56,7 @@ import farcall_semantics as sem
 __farcall_internal__ = True
 
 #: The version of the worker protocol above (the hello's ``farcall_worker``).
-PROTOCOL = 1
+PROTOCOL = 2
 
 #: Deepest nesting of values the decoder accepts (as core's codec).
 MAX_DEPTH = 64
@@ -55,6 +71,7 @@ KIND_REQUEST = 0
 KIND_REPLY_OK = 1
 KIND_REPLY_ERR = 2
 KIND_RELEASE = 3
+KIND_CANCEL = 4
 #: A worker's last words (not part of farcall's wire protocol).
 KIND_NOTICE = 127
 
@@ -63,6 +80,14 @@ EXT_COMPLEX = 2
 EXT_FROZENSET = 3
 EXT_SENDER_OBJECT = 4
 EXT_RECEIVER_OBJECT = 5
+EXT_LIST = 6
+EXT_DICT = 7
+EXT_SET = 8
+EXT_SLICE = 9
+EXT_ELLIPSIS = 10
+
+#: ``Builtin(name, args)`` (``farcall_semantics.BUILTIN``).
+OP_BUILTIN = 9
 
 EXIT_INTERNAL = 70
 EXIT_OUT_OF_MEMORY = 71
@@ -77,6 +102,7 @@ _ARITY = {
     sem.REPR: 1,
     sem.STR: 1,
     sem.STATS: 0,
+    OP_BUILTIN: 2,
 }
 
 _I64_MIN = -(1 << 63)
@@ -295,7 +321,50 @@ class Decoder:
             target = inner.target()
             inner.end()
             return target
+        if ty == EXT_LIST or ty == EXT_SET:
+            inner = Decoder(payload, self.depth)
+            items = inner.values()
+            inner.end()
+            return sem.ListValue(items) if ty == EXT_LIST else sem.SetValue(items)
+        if ty == EXT_DICT:
+            inner = Decoder(payload, self.depth)
+            pairs = inner.pairs()
+            inner.end()
+            return sem.DictValue(pairs)
+        if ty == EXT_SLICE:
+            inner = Decoder(payload, self.depth)
+            parts = inner.values()
+            inner.end()
+            if len(parts) != 3:
+                raise MalformedMessage("malformed message: slice is not 3 values")
+            return slice(*parts)
+        if ty == EXT_ELLIPSIS:
+            if payload:
+                raise MalformedMessage("malformed message: Ellipsis with a payload")
+            return Ellipsis
         raise MalformedMessage("malformed message: unknown value extension type")
+
+    def pairs(self):
+        """A dict copy's payload ``[k1, v1, k2, v2, ...]`` as a tuple of pairs."""
+        if self.depth >= MAX_DEPTH:
+            raise MalformedMessage("malformed message: values nested deeper than %d" % MAX_DEPTH)
+        n = self.array()
+        if n % 2:
+            raise MalformedMessage("malformed message: dict copy is not key/value pairs")
+        self.depth += 1
+        items = tuple([(self.value(), self.value()) for _ in range(n // 2)])
+        self.depth -= 1
+        return items
+
+    def exception(self):
+        """An exception described as data, as :class:`farcall_semantics.ExceptionData`."""
+        if self.array() != 5:
+            raise MalformedMessage("malformed message: exception is not 5 fields")
+        type_module = self.str()
+        type_name = self.str()
+        args = self.values()
+        message = self.str()
+        return sem.ExceptionData(type_module, type_name, args, message, self.str())
 
     def ref(self):
         if self.array() != 4:
@@ -343,7 +412,9 @@ class Decoder:
 
 def decode_message(data):
     """Decodes a frame from the server: ``(KIND_REQUEST, id, opcode,
-    fields)`` or ``(KIND_RELEASE, [(id, count), ...])``.
+    fields)``, ``(KIND_RELEASE, [(id, count), ...])``, ``(KIND_REPLY_OK,
+    id, value)``, ``(KIND_REPLY_ERR, id, ExceptionData)`` or
+    ``(KIND_CANCEL, id)``.
 
     Raises :class:`UnknownOperation` for a well-formed request of an unknown
     operation and :class:`MalformedMessage` for anything else that is wrong.
@@ -382,6 +453,8 @@ def decode_message(data):
             fields = (d.target(), d.str(), d.value())
         elif op == sem.STATS:
             fields = ()
+        elif op == OP_BUILTIN:
+            fields = (d.str(), d.values())
         else:
             fields = (d.target(),)
         d.end()
@@ -398,8 +471,19 @@ def decode_message(data):
             pairs.append((ref_id, count))
         d.end()
         return (KIND_RELEASE, pairs)
-    if kind in (KIND_REPLY_OK, KIND_REPLY_ERR):
-        raise MalformedMessage("malformed message: a reply, but the worker sends no requests")
+    if kind == KIND_REPLY_OK or kind == KIND_REPLY_ERR:
+        if n != 3:
+            raise MalformedMessage("malformed message: reply is not 3 fields")
+        request_id = d.uint()
+        value = d.value() if kind == KIND_REPLY_OK else d.exception()
+        d.end()
+        return (kind, request_id, value)
+    if kind == KIND_CANCEL:
+        if n != 2:
+            raise MalformedMessage("malformed message: cancel is not 2 fields")
+        request_id = d.uint()
+        d.end()
+        return (KIND_CANCEL, request_id)
     raise MalformedMessage("unknown message kind %d" % kind)
 
 
@@ -561,6 +645,28 @@ class Encoder:
             inner = Encoder(True)
             inner.target(v)
             self.ext(EXT_RECEIVER_OBJECT, b"".join(inner.finish()))
+        elif t is sem.ListValue or t is sem.SetValue:
+            inner = Encoder(True)
+            inner.array(len(v))
+            for item in v:
+                inner.value(item)
+            self.ext(EXT_LIST if t is sem.ListValue else EXT_SET, b"".join(inner.finish()))
+        elif t is sem.DictValue:
+            inner = Encoder(True)
+            inner.array(2 * len(v))
+            for key, item in v:
+                inner.value(key)
+                inner.value(item)
+            self.ext(EXT_DICT, b"".join(inner.finish()))
+        elif t is slice:
+            inner = Encoder(True)
+            inner.buf.append(0x93)
+            inner.value(v.start)
+            inner.value(v.stop)
+            inner.value(v.step)
+            self.ext(EXT_SLICE, b"".join(inner.finish()))
+        elif v is Ellipsis:
+            self.ext(EXT_ELLIPSIS, b"")
         else:
             raise sem.InternalError("cannot encode a value of type %s" % sem.type_name(v))
 
@@ -618,6 +724,67 @@ def encode_error(request_id, data):
     e.uint(request_id)
     e.exception(data)
     return e.finish()
+
+
+def encode_request(request_id, op, fields):
+    """The chunks of a request ``[0, id, opcode, fields...]`` of the worker
+    (a callback): ``fields`` in boxed form, as
+    ``farcall_semantics.Session.peer.request`` takes them (targets are
+    :class:`farcall_semantics.Target`; a call's keyword arguments a mapping
+    or ``(name, value)`` pairs; a builtin's args a sequence)."""
+    want = _ARITY.get(op)
+    if want is None:
+        raise sem.ProtocolError("cannot send unknown operation %r to the client" % (op,))
+    if len(fields) != want:
+        raise sem.ProtocolError("%s takes %d fields, got %d" % (sem.OP_NAMES.get(op, "Builtin"), want, len(fields)))
+    e = Encoder()
+    e.array(3 + want)
+    e.buf.append(KIND_REQUEST)
+    e.uint(request_id)
+    e.uint(op)
+    if op == sem.GET_MODULE:
+        e.str(fields[0])
+    elif op == OP_BUILTIN:
+        e.str(fields[0])
+        args = tuple(fields[1])
+        e.array(len(args))
+        for a in args:
+            e.value(a)
+    elif op == sem.STATS:
+        pass
+    else:
+        target = fields[0]
+        if type(target) is not sem.Target:
+            raise sem.ProtocolError("the target of a request to the client must be a Target, not %s" % sem.type_name(target))
+        e.target(target)
+        if op == sem.GET_ATTR or op == sem.DEL_ATTR:
+            e.str(fields[1])
+        elif op == sem.SET_ATTR:
+            e.str(fields[1])
+            e.value(fields[2])
+        elif op == sem.CALL:
+            args = tuple(fields[1])
+            e.array(len(args))
+            for a in args:
+                e.value(a)
+            kwargs = fields[2] or ()
+            items = list(kwargs.items()) if isinstance(kwargs, dict) else list(kwargs)
+            e.array(2 * len(items))
+            for name, value in items:
+                e.str(name)
+                e.value(value)
+    return e.finish()
+
+
+def encode_release(pairs):
+    """The body of a release ``[3, id, count, ...]`` (``pairs`` of ``(id, count)``)."""
+    e = Encoder(True)
+    e.array(1 + 2 * len(pairs))
+    e.buf.append(KIND_RELEASE)
+    for ref_id, count in pairs:
+        e.uint(ref_id)
+        e.uint(count)
+    return b"".join(e.finish())
 
 
 def encode_notice(reason, detail):
@@ -691,14 +858,26 @@ class Worker:
     :class:`farcall_semantics.Session`, writes replies to ``fd_out``.
 
     Threads take turns at reading (leader/followers): the reading thread
-    applies releases itself, and on a request hands the reading role to an
-    idle thread (starting one if none is idle) before performing it, so a
-    call costs no thread hand-off and a slow call holds up no other.
+    applies releases itself, delivers replies to the threads waiting for
+    them (callbacks), and on a request hands the reading role to an idle
+    thread (starting one if none is idle) before performing it, so a call
+    costs no thread hand-off and a slow call holds up no other.
+
+    The session's ``peer`` (:class:`Peer`) sends user code's requests to the
+    client's objects up to the server.
     """
 
     def __init__(self, reader, fd_out, max_memory_mb=0):
         #: The session's object table and namespace.
         self.session = sem.Session()
+        self.session.peer = Peer(self)
+        # Callbacks waiting for their reply: id -> [lock held until the reply, reply].
+        self.calls = {}
+        self.calls_lock = threading.Lock()
+        self.last_call = 0
+        # Releases of the client's objects, written ahead of the next frame
+        # (appended from finalizers: a deque needs no lock).
+        self.releases = collections.deque()
         self.reader = reader
         self.fd_out = fd_out
         self.max_memory_mb = max_memory_mb
@@ -718,10 +897,52 @@ class Worker:
     def send(self, chunks):
         with self.write_lock:
             try:
+                if self.releases:
+                    self.flush_releases()
                 write_frame(self.fd_out, chunks)
             except (BrokenPipeError, OSError):
                 # The server is gone.
                 os._exit(0)
+
+    def flush_releases(self):
+        """Writes the queued releases as one frame (the write lock is held)."""
+        pairs = []
+        popleft = self.releases.popleft
+        try:
+            while True:
+                pairs.append(popleft())
+        except IndexError:
+            pass
+        if pairs:
+            write_frame(self.fd_out, [encode_release(pairs)])
+
+    def call_peer(self, op, fields):
+        """Sends request ``op`` to the client and waits for its reply (see
+        :meth:`Peer.request`)."""
+        with self.calls_lock:
+            self.last_call += 1
+            request_id = self.last_call
+        chunks = encode_request(request_id, op, fields)
+        waiter = [threading.Lock(), None]
+        waiter[0].acquire()
+        with self.calls_lock:
+            self.calls[request_id] = waiter
+        self.send(chunks)
+        # Released by the reading thread once the reply is in.
+        waiter[0].acquire()
+        kind, value = waiter[1]
+        if kind == KIND_REPLY_OK:
+            return value
+        raise sem.PeerError(value)
+
+    def deliver(self, kind, request_id, value):
+        """Hands the reply to a callback to the thread waiting for it."""
+        with self.calls_lock:
+            waiter = self.calls.pop(request_id, None)
+        if waiter is None:
+            raise MalformedMessage("malformed message: a reply to request %d, which the worker did not send or was answered" % request_id)
+        waiter[1] = (kind, value)
+        waiter[0].release()
 
     def die(self, code, reason, detail=None, body=None):
         """Writes a notice (if the pipe is free soon) and ends the process."""
@@ -745,10 +966,14 @@ class Worker:
             if body is None:
                 return None
             msg = decode_message(body)
-            if msg[0] == KIND_RELEASE:
+            kind = msg[0]
+            if kind == KIND_REQUEST:
+                return msg
+            if kind == KIND_RELEASE:
                 self.session.release(msg[1])
-                continue
-            return msg
+            elif kind == KIND_REPLY_OK or kind == KIND_REPLY_ERR:
+                self.deliver(kind, msg[1], msg[2])
+            # A cancel is advisory: a running call cannot be stopped.
 
     def serve(self):
         """The loop of each serving thread; never returns."""
@@ -817,6 +1042,29 @@ class Worker:
             self.send(chunks)
         except sem.ProtocolError as e:
             self.send(encode_error(request_id, sem.describe(e)))
+
+
+class Peer:
+    """The session's ``peer`` (the host contract of ``farcall_semantics``):
+    the client, reached through the server."""
+
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker):
+        self._worker = worker
+
+    def request(self, op, *fields):
+        """Sends request ``op`` with its boxed ``fields`` to the client and
+        blocks until it replies; returns the reply in received form, or
+        raises ``PeerError`` with the client's exception. While it waits,
+        the worker keeps serving the server's requests."""
+        return self._worker.call_peer(op, fields)
+
+    def release(self, ref_id, count):
+        """Gives back ``count`` references to the client's object
+        ``ref_id``: queued, sent ahead of the worker's next frame (never
+        blocks, no I/O)."""
+        self._worker.releases.append((ref_id, count))
 
 
 def _internal(message):

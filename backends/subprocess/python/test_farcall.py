@@ -129,13 +129,15 @@ class CodecTest(unittest.TestCase):
         self.assertMalformed(b"\x94\x00\xff\x01\xa1m", "negative id or count")
         self.assertMalformed(b"\x94\x03\x01\x02\x03", "not id/count pairs")
         self.assertMalformed(b"\x93\x03\x01\xcf\x00\x00\x00\x01\x00\x00\x00\x00", "release count out of range")
-        self.assertMalformed(b"\x93\x01\x01\xc0", "the worker sends no requests")
+        self.assertMalformed(b"\x92\x01\x01", "reply is not 3 fields")
+        self.assertMalformed(b"\x93\x02\x01\x94\xa1m\xa1n\x90\xa1x", "exception is not 5 fields")
+        self.assertMalformed(b"\x93\x04\x01\x01", "cancel is not 2 fields")
         self.assertMalformed(b"\x91\x09", "unknown message kind 9")
         self.assertMalformed(b"\xdd\xff\xff\xff\xff", "truncated")
         # A call whose argument is a map, an unknown extension, a bad target.
         call = lambda arg: request(1, sem.CALL, lambda e: e.target(sem.Target(1)), lambda e: (e.array(1), e.buf.extend(arg)), lambda e: e.array(0))
         self.assertMalformed(call(b"\x80"), "expected a value")
-        self.assertMalformed(call(b"\xd4\x09\x00"), "unknown value extension type")
+        self.assertMalformed(call(b"\xd4\x0b\x00"), "unknown value extension type")
         self.assertMalformed(call(b"\xd4\x01\x00"[:2] + b""), "truncated")
         self.assertMalformed(call(b"\xc7\x00\x01"), "empty big integer")
         self.assertMalformed(call(b"\xd6\x02\x00\x00\x00\x00"), "complex is not 16 bytes")
@@ -144,6 +146,59 @@ class CodecTest(unittest.TestCase):
         self.assertMalformed(call(b"\xd5\x03\x90\x00"), "trailing bytes")
         odd_kwargs = request(1, sem.CALL, lambda e: e.target(sem.Target(1)), lambda e: e.array(0), lambda e: (e.array(1), e.str("k")))
         self.assertMalformed(odd_kwargs, "odd keyword argument list")
+
+    def test_replies_and_cancels_decode(self):
+        self.assertEqual(w.decode_message(b"\x93\x01\x05\xc0"), (w.KIND_REPLY_OK, 5, None))
+        kind, rid, data = w.decode_message(b"\x93\x02\x02\x95\xa8builtins\xaaValueError\x91\xa1m\xa1m\xa2tb")
+        self.assertEqual((kind, rid), (w.KIND_REPLY_ERR, 2))
+        self.assertEqual(data, sem.ExceptionData("builtins", "ValueError", ("m",), "m", "tb"))
+        self.assertIsInstance(data, sem.ExceptionData)
+        self.assertEqual(w.decode_message(b"\x92\x04\x07"), (w.KIND_CANCEL, 7))
+
+    def test_builtin_requests_decode(self):
+        body = request(3, w.OP_BUILTIN, lambda e: e.str("add"), lambda e: (e.array(2), e.int(1), e.int(2)))
+        self.assertEqual(w.decode_message(body), (w.KIND_REQUEST, 3, w.OP_BUILTIN, ("add", (1, 2))))
+
+    def test_callback_requests_match_cores_layout(self):
+        # [0, 1, 9, "add", [1, 2]]
+        self.assertEqual(b"".join(w.encode_request(1, w.OP_BUILTIN, ("add", (1, 2)))), b"\x95\x00\x01\x09\xa3add\x92\x01\x02")
+        # [0, 2, 5, [7, "f"], [1], ["k", 2]]
+        got = b"".join(w.encode_request(2, sem.CALL, (sem.Target(7, ["f"]), (1,), [("k", 2)])))
+        self.assertEqual(got, b"\x96\x00\x02\x05\x92\x07\xa1f\x91\x01\x92\xa1k\x02")
+        self.assertEqual(b"".join(w.encode_request(2, sem.CALL, (sem.Target(7, ["f"]), (1,), {"k": 2}))), got)
+        self.assertEqual(b"".join(w.encode_request(3, sem.STATS, ())), b"\x93\x00\x03\x08")
+        self.assertEqual(b"".join(w.encode_request(4, sem.GET_ATTR, (sem.Target(1), "x"))), b"\x95\x00\x04\x02\x91\x01\xa1x")
+        with self.assertRaises(sem.ProtocolError):
+            w.encode_request(5, sem.CALL, (sem.Ref(1, "x"), (), ()))
+        with self.assertRaises(sem.ProtocolError):
+            w.encode_request(5, 99, ())
+        self.assertEqual(w.encode_release([(3, 1), (9, 2)]), b"\x95\x03\x03\x01\x09\x02")
+
+    @unittest.skipUnless(hasattr(sem, "ListValue"), "farcall_semantics without copies")
+    def test_copies_slices_and_ellipsis(self):
+        values = [
+            sem.ListValue((1, sem.DictValue((("a", sem.SetValue((1, 2))),)), ())),
+            sem.DictValue(()),
+            sem.SetValue(()),
+            slice(1, None, -1),
+            slice(None, None, None),
+            Ellipsis,
+            (Ellipsis, slice(0, 1, 2)),
+        ]
+        for v in values:
+            back = decode_value(value_bytes(v))
+            self.assertEqual(back, v)
+            self.assertIs(type(back), type(v))
+        # The layouts of core's codec.
+        self.assertEqual(value_bytes(sem.ListValue((1,))), b"\xd5\x06\x91\x01")
+        self.assertEqual(value_bytes(sem.DictValue((("k", 1),))), b"\xd6\x07\x92\xa1k\x01")
+        self.assertEqual(value_bytes(sem.SetValue(())), b"\xd4\x08\x90")
+        self.assertEqual(value_bytes(slice(1, None, None)), b"\xd6\x09\x93\x01\xc0\xc0")
+        self.assertEqual(value_bytes(Ellipsis), b"\xc7\x00\x0a")
+        call = lambda arg: request(1, sem.CALL, lambda e: e.target(sem.Target(1)), lambda e: (e.array(1), e.buf.extend(arg)), lambda e: e.array(0))
+        self.assertMalformed(call(b"\xd5\x09\x91\x01"), "slice is not 3 values")
+        self.assertMalformed(call(b"\xd4\x0a\x00"), "Ellipsis with a payload")
+        self.assertMalformed(call(b"\xd5\x07\x91\x01"), "dict copy is not key/value pairs")
 
     def test_nesting_is_limited_to_64(self):
         deep = lambda n: b"\x91" * n + b"\x01"

@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use farcall_core::{BackendInfo, EvalError, EvalSession, Evaluator, Release, RemoteException, Request, SessionInfo, Value};
+use farcall_core::{
+    BackendInfo, Callbacks, EvalError, EvalSession, Evaluator, NoCallbacks, Release, RemoteException, Request, SessionInfo, Value,
+};
 
 use crate::worker::{Config, Worker};
 
@@ -112,18 +114,29 @@ impl SubprocessEvaluator {
     }
 
     /// Opens a session directly, as [`Evaluator::open`] does, without boxing
-    /// it: takes a ready worker from the pool, or starts one.
+    /// it and without a client to call back ([`NoCallbacks`]): takes a ready
+    /// worker from the pool, or starts one.
     ///
     /// # Errors
     ///
     /// [`EvalError::Session`] when no worker can be started.
     pub fn open_session(&self, id: u64) -> Result<SubprocessSession, EvalError> {
+        self.open_with(id, Arc::new(NoCallbacks))
+    }
+
+    /// Opens a session whose user code reaches the client's objects
+    /// through `callbacks`, as [`Evaluator::open`] does, without boxing it.
+    ///
+    /// # Errors
+    ///
+    /// [`EvalError::Session`] when no worker can be started.
+    pub fn open_with(&self, id: u64, callbacks: Arc<dyn Callbacks>) -> Result<SubprocessSession, EvalError> {
         let worker = match self.pool.as_ref().and_then(Pool::take) {
             Some(w) => w,
             None => Worker::spawn(&self.config)
                 .map_err(|why| EvalError::Session(format!("could not start a worker: the Python `{}` {why}", self.config.python)))?,
         };
-        worker.set_session(id);
+        worker.set_session(id, callbacks);
         tracing::debug!(session = id, pid = worker.pid(), "subprocess session opened");
         Ok(SubprocessSession { id, worker })
     }
@@ -135,7 +148,7 @@ impl Evaluator for SubprocessEvaluator {
     }
 
     fn open(&self, session: &SessionInfo) -> Result<Box<dyn EvalSession>, EvalError> {
-        Ok(Box::new(self.open_session(session.id)?))
+        Ok(Box::new(self.open_with(session.id, Arc::clone(&session.callbacks))?))
     }
 }
 

@@ -66,14 +66,25 @@
 //!    MessagePack map of settings (`max_memory_mb`).
 //! 2. worker → server: the hello, a MessagePack map: `farcall_worker`
 //!    ([`WORKER_PROTOCOL`]), `python_version`, `prefix`, `executable`, `pid`.
-//! 3. Then exactly farcall's own messages (`farcall_core::codec`): requests
-//!    and releases to the worker, replies from it. Requests carry ids of this
-//!    pipe; the worker serves them concurrently (its threads take turns at
-//!    reading, and the one that read a request performs it, so a slow call
-//!    holds up no other) and applies each release before the requests that
-//!    follow it. On the server's side too, the threads waiting for replies
-//!    take turns at reading them: a call's reply is read by its own thread
-//!    whenever it is the only one in flight.
+//! 3. Then exactly farcall's own messages (`farcall_core::codec`), in both
+//!    directions, the worker playing the server's part and the server the
+//!    client's: requests and releases to the worker, replies from it; and
+//!    the other way, *callbacks* (user code in the worker calling an object
+//!    of the client): requests from the worker (ids of its own), replies to
+//!    them, and releases of client objects (written by the worker ahead of
+//!    its next frame). Requests carry ids of this pipe; the worker serves
+//!    them concurrently (its threads take turns at reading, and the one that
+//!    read a request performs it, so a slow call holds up no other) and
+//!    applies each release before the requests that follow it; the thread
+//!    reading delivers callback replies to the worker threads waiting for
+//!    them. On the server's side too, the threads waiting for replies take
+//!    turns at reading them: a call's reply is read by its own thread
+//!    whenever it is the only one in flight. A callback request is forwarded
+//!    to the client ([`Callbacks::request`](farcall_core::Callbacks::request))
+//!    by the thread that read it, after giving up the reading role (so that
+//!    calls nested in the callback are read meanwhile); releases go to
+//!    [`Callbacks::release`](farcall_core::Callbacks::release). A `cancel`
+//!    is never sent to a worker (a worker ignores one).
 //! 4. worker → server, just before it ends itself: a notice `[127, reason,
 //!    detail]` (`out_of_memory`, `protocol`, `internal`).
 //!
@@ -97,4 +108,4 @@ pub const SEMANTICS_PY: &str = include_str!("../../python/farcall_semantics.py")
 pub const WORKER_PY: &str = include_str!("../python/farcall_worker.py");
 
 /// The version of the worker protocol (the hello's `farcall_worker`).
-pub const WORKER_PROTOCOL: u32 = 1;
+pub const WORKER_PROTOCOL: u32 = 2;

@@ -6,6 +6,14 @@
 //! arrives, hands the reading role over. With one call in flight, the caller
 //! reads its own reply: no thread hand-off on the way back.
 //!
+//! The worker also sends requests of its own (callbacks: user code calling
+//! an object of the client) and releases of the client's objects. The
+//! thread that reads a callback gives up the reading role, forwards the
+//! request with [`Callbacks::request`] (blocking; meanwhile other threads,
+//! and calls nested in the callback on this very thread, read), writes the
+//! reply down and goes back to waiting for its own reply. Releases are
+//! handed to [`Callbacks::release`] by the thread that reads them.
+//!
 //! Every worker has two small threads of its own: one waits for the process
 //! to end (then reaps it and fails the calls still waiting), the other
 //! forwards its standard error to the log and keeps the last lines for the
@@ -17,13 +25,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use farcall_core::codec::{self, Frame, Route};
 use farcall_core::framing::{self, FrameReader};
-use farcall_core::{FrameError, Message, Release, RemoteException, Request, Value};
+use farcall_core::{Callbacks, FrameError, Message, NoCallbacks, Release, RemoteException, Request, Value};
 
 use crate::sys::{self, Exit, Wait, WakePipe};
 use crate::{SEMANTICS_PY, WORKER_PROTOCOL, WORKER_PY};
@@ -149,6 +157,10 @@ struct Notice {
 /// A message from the worker.
 enum Incoming {
     Reply(u64, Result<Value, RemoteException>),
+    /// A callback: a request of the worker to the client.
+    Request(u64, Request),
+    /// The worker gives back references to client objects.
+    Release(Vec<Release>),
     Notice(Notice),
 }
 
@@ -194,6 +206,8 @@ struct Shared {
     hello: Mutex<Option<Hello>>,
     /// The session it serves (0 while in the pool), for the logs.
     session: AtomicU64,
+    /// The session's way to the client, once it serves one.
+    callbacks: OnceLock<Arc<dyn Callbacks>>,
     input: Mutex<ChildStdin>,
     output: Mutex<Output>,
     state: Mutex<State>,
@@ -285,6 +299,7 @@ impl Worker {
             config: Arc::clone(config),
             hello: Mutex::new(None),
             session: AtomicU64::new(0),
+            callbacks: OnceLock::new(),
             input: Mutex::new(stdin),
             output: Mutex::new(Output { stdout, frames: FrameReader::new(u32::MAX as usize, PIPE_BYTES) }),
             state: Mutex::new(State::default()),
@@ -344,9 +359,17 @@ impl Worker {
         st.dead.is_none() && st.broken.is_none()
     }
 
-    /// Names the session the worker serves, for the logs.
-    pub(crate) fn set_session(&self, id: u64) {
+    /// Names the session the worker serves (for the logs) and gives it the
+    /// session's way to the client (once; a worker serves one session).
+    pub(crate) fn set_session(&self, id: u64, callbacks: Arc<dyn Callbacks>) {
         self.shared.session.store(id, Ordering::Relaxed);
+        if self.shared.callbacks.set(callbacks).is_err() {
+            tracing::error!(
+                pid = self.shared.pid,
+                session = id,
+                "a worker was given a second session; its callbacks stay those of the first"
+            );
+        }
     }
 
     /// Performs one request; blocks until its reply, the worker's death or
@@ -675,6 +698,18 @@ impl Shared {
                         Some(slot) => *slot = Some(result),
                         None => tracing::warn!(pid = self.pid, request = rid, "the worker replied to a request nobody waits for"),
                     },
+                    Ok(Incoming::Request(cid, op)) => {
+                        // Another thread (or a call nested in the callback) reads meanwhile.
+                        drop(st);
+                        self.state_changed.notify_all();
+                        self.forward_callback(cid, op);
+                        st = self.state();
+                    }
+                    Ok(Incoming::Release(refs)) => {
+                        drop(st);
+                        self.callbacks().release(&refs);
+                        st = self.state();
+                    }
                     Ok(Incoming::Notice(n)) => st.notice = Some(n),
                     Err(PipeError::TimedOut) => {}
                     Err(PipeError::Broken) => {
@@ -698,6 +733,24 @@ impl Shared {
                 }
                 None => self.state_changed.wait(st).unwrap_or_else(PoisonError::into_inner),
             };
+        }
+    }
+
+    /// The session's way to the client ([`NoCallbacks`] for a worker that serves none).
+    fn callbacks(&self) -> Arc<dyn Callbacks> {
+        match self.callbacks.get() {
+            Some(c) => Arc::clone(c),
+            None => Arc::new(NoCallbacks),
+        }
+    }
+
+    /// Performs the worker's request `id` (a callback) with the client and
+    /// writes the reply down to the worker.
+    fn forward_callback(&self, id: u64, op: Request) {
+        let result = self.callbacks().request(op);
+        let frame = codec::encode(&Message::Reply { id, result });
+        if self.write(&frame, None).is_err() {
+            self.mark_broken(None);
         }
     }
 
@@ -836,6 +889,12 @@ impl Shared {
                     }
                 }
                 Ok(Incoming::Notice(n)) => st.notice = Some(n),
+                // The worker is gone: nobody waits for a callback's reply.
+                Ok(Incoming::Request(..)) => {}
+                Ok(Incoming::Release(refs)) => {
+                    drop(st);
+                    self.callbacks().release(&refs);
+                }
                 Err(_) => break,
             }
         }
@@ -935,24 +994,18 @@ impl Shared {
     }
 }
 
-/// Decodes a frame from the worker: a reply or a notice.
+/// Decodes a frame from the worker: a reply, a callback request, a
+/// release or a notice.
 fn decode_incoming(body: Bytes) -> Result<Incoming, String> {
     if body.len() >= 2 && body[0] == 0x93 && body[1] == 0x7f {
         return rmp_serde::from_slice::<Notice>(&body).map(Incoming::Notice).map_err(|e| format!("a bad notice: {e}"));
     }
     match codec::decode(body) {
         Ok(Message::Reply { id, result }) => Ok(Incoming::Reply(id, result)),
-        Ok(other) => Err(format!("it sent a {} where a reply was expected", kind_name(&other))),
+        Ok(Message::Request { id, op }) => Ok(Incoming::Request(id, op)),
+        Ok(Message::Release(refs)) => Ok(Incoming::Release(refs)),
+        Ok(Message::Cancel(_)) => Err("it sent a cancel, which a worker never sends".to_owned()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-fn kind_name(m: &Message) -> &'static str {
-    match m {
-        Message::Request { .. } => "request",
-        Message::Reply { .. } => "reply",
-        Message::Release(_) => "release",
-        Message::Cancel(_) => "cancel",
     }
 }
 
