@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use farcall_core::{BackendInfo, EvalError, EvalSession, Evaluator, SessionInfo};
+use farcall_core::{BackendInfo, Callbacks, EvalError, EvalSession, Evaluator, NoCallbacks, SessionInfo};
 use pyo3::prelude::*;
 
 use crate::semantics::Semantics;
@@ -59,9 +59,17 @@ impl EmbeddedEvaluator {
         Ok(EmbeddedEvaluator { info, semantics: Arc::new(semantics) })
     }
 
-    /// Opens a session directly, as [`Evaluator::open`] does, without boxing it.
+    /// Opens a session directly, as [`Evaluator::open`] does, without boxing
+    /// it and without a client to call back ([`NoCallbacks`]).
     pub fn open_session(&self, id: u64) -> EmbeddedSession {
-        EmbeddedSession::new(id, Arc::clone(&self.semantics))
+        self.open_with(id, Arc::new(NoCallbacks))
+    }
+
+    /// Opens a session whose user code reaches the client's objects
+    /// through `callbacks` (the session's `peer`), as [`Evaluator::open`]
+    /// does, without boxing it.
+    pub fn open_with(&self, id: u64, callbacks: Arc<dyn Callbacks>) -> EmbeddedSession {
+        EmbeddedSession::new(id, Arc::clone(&self.semantics), callbacks)
     }
 }
 
@@ -72,6 +80,6 @@ impl Evaluator for EmbeddedEvaluator {
 
     fn open(&self, session: &SessionInfo) -> Result<Box<dyn EvalSession>, EvalError> {
         tracing::debug!(session = session.id, peer = %session.peer, "embedded session opened");
-        Ok(Box::new(self.open_session(session.id)))
+        Ok(Box::new(self.open_with(session.id, Arc::clone(&session.callbacks))))
     }
 }

@@ -12,10 +12,10 @@ use std::ffi::CString;
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
-use farcall_core::{flags, LazyAttr, LazyKind, RefDesc, RemoteException, Target, Value};
+use farcall_core::{flags, LazyAttr, LazyKind, RefDesc, RemoteException, Request, Target, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyComplex, PyFloat, PyFrozenSet, PyInt, PyModule, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyModule, PySlice, PyString, PyTuple, PyType};
 use pyo3::{intern, PyErr};
 
 /// `farcall_semantics.py`: the one definition of the object semantics.
@@ -43,6 +43,15 @@ pub(crate) struct Semantics {
     describe: Py<PyAny>,
     target_class: Py<PyType>,
     ref_class: Py<PyType>,
+    /// `ListValue`, `DictValue`, `SetValue`: the boxed forms of copies.
+    copies: Option<[Py<PyType>; 3]>,
+    exception_data: Py<PyAny>,
+    farcall_error: Py<PyAny>,
+    protocol_error: Py<PyAny>,
+    /// `PeerError`, raised for an exception of the client.
+    peer_error: Option<Py<PyAny>>,
+    /// `BUILTIN`, the opcode of `Builtin` requests.
+    builtin_op: u8,
     lazy_module: u8,
     lazy_class: u8,
     int_to_bytes: Py<PyAny>,
@@ -70,17 +79,33 @@ impl Semantics {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!("farcall_semantics.{name} is not the wire's flag {bit}")));
             }
         }
+        let class = |name: &str| -> PyResult<Py<PyType>> { Ok(m.getattr(name)?.cast_into::<PyType>()?.unbind()) };
+        let copies = match (class("ListValue"), class("DictValue"), class("SetValue")) {
+            (Ok(l), Ok(d), Ok(s)) => Some([l, d, s]),
+            _ => None,
+        };
         Ok(Semantics {
             session_class: m.getattr("Session")?.unbind(),
             describe: m.getattr("describe")?.unbind(),
-            target_class: m.getattr("Target")?.cast_into::<PyType>()?.unbind(),
-            ref_class: m.getattr("Ref")?.cast_into::<PyType>()?.unbind(),
+            target_class: class("Target")?,
+            ref_class: class("Ref")?,
+            copies,
+            exception_data: m.getattr("ExceptionData")?.unbind(),
+            farcall_error: m.getattr("FarcallError")?.unbind(),
+            protocol_error: m.getattr("ProtocolError")?.unbind(),
+            peer_error: m.getattr("PeerError").ok().map(Bound::unbind),
+            builtin_op: m.getattr("BUILTIN").and_then(|b| b.extract()).unwrap_or(9),
             lazy_module: constant("LAZY_MODULE")?,
             lazy_class: constant("LAZY_CLASS")?,
             int_to_bytes: m.getattr("int_to_bytes")?.unbind(),
             int_from_bytes: m.getattr("int_from_bytes")?.unbind(),
             hints: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `BUILTIN`: the opcode of `Builtin` requests.
+    pub(crate) fn builtin_op(&self) -> u8 {
+        self.builtin_op
     }
 
     /// A new `farcall_semantics.Session`.
@@ -124,12 +149,129 @@ impl Semantics {
                 let attrs = PyTuple::empty(py);
                 self.ref_class.bind(py).call1((desc.id, desc.type_name, desc.flags, attrs))?
             }
-            Value::List(_) | Value::Dict(_) | Value::Set(_) | Value::Slice(_) | Value::Ellipsis => {
-                return Err(pyo3::exceptions::PyNotImplementedError::new_err(
-                    "copies, slices and Ellipsis are not supported by this backend yet",
-                ))
+            Value::List(items) => {
+                let items = items.into_iter().map(|v| self.to_python(py, v)).collect::<PyResult<Vec<_>>>()?;
+                self.copy_classes()?[0].bind(py).call1((PyTuple::new(py, items)?,))?
             }
+            Value::Set(items) => {
+                let items = items.into_iter().map(|v| self.to_python(py, v)).collect::<PyResult<Vec<_>>>()?;
+                self.copy_classes()?[2].bind(py).call1((PyTuple::new(py, items)?,))?
+            }
+            Value::Dict(pairs) => {
+                let [_, dict, _] = self.copy_classes()?;
+                let pairs = pairs
+                    .into_iter()
+                    .map(|(k, v)| PyTuple::new(py, [self.to_python(py, k)?, self.to_python(py, v)?]))
+                    .collect::<PyResult<Vec<_>>>()?;
+                dict.bind(py).call1((PyTuple::new(py, pairs)?,))?
+            }
+            Value::Slice(parts) => {
+                let [start, stop, step] = *parts;
+                let parts = (self.to_python(py, start)?, self.to_python(py, stop)?, self.to_python(py, step)?);
+                py.get_type::<PySlice>().call1(parts)?
+            }
+            Value::Ellipsis => py.Ellipsis().into_bound(py),
         })
+    }
+
+    /// `ListValue`, `DictValue` and `SetValue`, or an error saying the module lacks them.
+    fn copy_classes(&self) -> PyResult<&[Py<PyType>; 3]> {
+        self.copies.as_ref().ok_or_else(|| {
+            pyo3::exceptions::PyNotImplementedError::new_err(
+                "this farcall_semantics has no ListValue/DictValue/SetValue: copies are not supported",
+            )
+        })
+    }
+
+    /// A `farcall_semantics.Target` (a request field naming the peer's object) as a wire [`Target`].
+    fn wire_target(&self, obj: &Bound<'_, PyAny>) -> PyResult<Target> {
+        let py = obj.py();
+        if !obj.is_exact_instance(self.target_class.bind(py)) {
+            return Err(self.protocol_error(
+                py,
+                format!(
+                    "the target of a request to the client must be a Target, not {}",
+                    obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        let path = obj.getattr(intern!(py, "path"))?;
+        let path = if path.is_empty()? { Vec::new() } else { path.try_iter()?.map(|p| p?.extract()).collect::<PyResult<_>>()? };
+        Ok(Target { id: obj.getattr(intern!(py, "id"))?.extract()?, path })
+    }
+
+    /// A `farcall_semantics.ProtocolError`.
+    pub(crate) fn protocol_error(&self, py: Python<'_>, message: String) -> PyErr {
+        match self.protocol_error.bind(py).call1((message,)) {
+            Ok(e) => PyErr::from_value(e),
+            Err(e) => e,
+        }
+    }
+
+    /// The request `session.peer.request(op, *fields)` asks for: `fields`
+    /// in boxed form (`Target` for the peer's objects).
+    pub(crate) fn peer_request(&self, op: u8, fields: &Bound<'_, PyTuple>) -> PyResult<Request> {
+        let py = fields.py();
+        let want = match op {
+            8 => 0,
+            1 | 6 | 7 => 1,
+            2 | 4 => 2,
+            3 | 5 => 3,
+            _ if op == self.builtin_op => 2,
+            _ => return Err(self.protocol_error(py, format!("cannot send unknown operation {op} to the client"))),
+        };
+        if fields.len() != want {
+            return Err(self.protocol_error(py, format!("operation {op} takes {want} fields, got {}", fields.len())));
+        }
+        let f = |i: usize| fields.get_item(i);
+        let values = |seq: Bound<'_, PyAny>| -> PyResult<Vec<Value>> { seq.try_iter()?.map(|v| self.to_value(&v?)).collect() };
+        Ok(match op {
+            1 => Request::GetModule { name: f(0)?.extract()? },
+            2 => Request::GetAttr { target: self.wire_target(&f(0)?)?, name: f(1)?.extract()? },
+            3 => Request::SetAttr { target: self.wire_target(&f(0)?)?, name: f(1)?.extract()?, value: self.to_value(&f(2)?)? },
+            4 => Request::DelAttr { target: self.wire_target(&f(0)?)?, name: f(1)?.extract()? },
+            5 => {
+                let kwargs = f(2)?;
+                let kwargs = if kwargs.is_none() {
+                    Vec::new()
+                } else {
+                    let items = match kwargs.cast::<PyDict>() {
+                        Ok(d) => d.items().into_any(),
+                        Err(_) => kwargs,
+                    };
+                    items
+                        .try_iter()?
+                        .map(|pair| {
+                            let (name, value): (String, Bound<'_, PyAny>) = pair?.extract()?;
+                            Ok((name, self.to_value(&value)?))
+                        })
+                        .collect::<PyResult<_>>()?
+                };
+                Request::Call { target: self.wire_target(&f(0)?)?, args: values(f(1)?)?, kwargs }
+            }
+            6 => Request::Repr { target: self.wire_target(&f(0)?)? },
+            7 => Request::Str { target: self.wire_target(&f(0)?)? },
+            8 => Request::Stats,
+            _ => Request::Builtin { name: f(0)?.extract()?, args: values(f(1)?)? },
+        })
+    }
+
+    /// What `session.peer.request` raises for the client's exception: a
+    /// `PeerError` holding its `ExceptionData`, or `FarcallError` when the
+    /// connection is gone.
+    pub(crate) fn peer_error(&self, py: Python<'_>, e: RemoteException) -> PyErr {
+        let made = (|| -> PyResult<PyErr> {
+            if e.type_module == "farcall" && e.type_name == "ConnectionLost" {
+                return Ok(PyErr::from_value(self.farcall_error.bind(py).call1((e.message,))?));
+            }
+            let args = e.args.into_iter().map(|a| self.to_python(py, a)).collect::<PyResult<Vec<_>>>()?;
+            let data = self.exception_data.bind(py).call1((e.type_module, e.type_name, PyTuple::new(py, args)?, e.message, e.traceback))?;
+            let Some(peer_error) = &self.peer_error else {
+                return Ok(PyErr::from_value(self.farcall_error.bind(py).call1((format!("the client raised {data:?}"),))?));
+            };
+            Ok(PyErr::from_value(peer_error.bind(py).call1((data,))?))
+        })();
+        made.unwrap_or_else(|err| err)
     }
 
     /// A boxed value (what the module returns) as a wire value: the exact
@@ -162,11 +304,44 @@ impl Semantics {
             Value::SenderObject(self.ref_desc(obj)?)
         } else if let Ok(c) = obj.cast_exact::<PyComplex>() {
             Value::Complex(c.real(), c.imag())
+        } else if let Some(v) = self.copy_to_value(obj)? {
+            v
+        } else if obj.is_exact_instance(self.target_class.bind(py)) {
+            Value::ReceiverObject(self.wire_target(obj)?)
+        } else if let Ok(s) = obj.cast_exact::<PySlice>() {
+            let part = |name: &Bound<'_, PyString>| s.getattr(name).and_then(|p| self.to_value(&p));
+            Value::Slice(Box::new([part(intern!(py, "start"))?, part(intern!(py, "stop"))?, part(intern!(py, "step"))?]))
+        } else if obj.is(py.Ellipsis()) {
+            Value::Ellipsis
         } else {
             return Err(pyo3::exceptions::PyTypeError::new_err(format!(
                 "farcall_semantics returned a {}, which is not a boxed value",
                 obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
             )));
+        })
+    }
+
+    /// A `ListValue`, `DictValue` or `SetValue` as a wire copy.
+    fn copy_to_value(&self, obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>> {
+        let Some([list, dict, set]) = &self.copies else { return Ok(None) };
+        let py = obj.py();
+        let items = |obj: &Bound<'_, PyAny>| -> PyResult<Vec<Value>> { obj.cast::<PyTuple>()?.iter().map(|i| self.to_value(&i)).collect() };
+        Ok(if obj.is_exact_instance(list.bind(py)) {
+            Some(Value::List(items(obj)?))
+        } else if obj.is_exact_instance(dict.bind(py)) {
+            let pairs = obj
+                .cast::<PyTuple>()?
+                .iter()
+                .map(|pair| {
+                    let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+                    Ok((self.to_value(&k)?, self.to_value(&v)?))
+                })
+                .collect::<PyResult<_>>()?;
+            Some(Value::Dict(pairs))
+        } else if obj.is_exact_instance(set.bind(py)) {
+            Some(Value::Set(items(obj)?))
+        } else {
+            None
         })
     }
 

@@ -4,7 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use farcall_core::{EvalSession, Release, RemoteException, Request, Value};
+use farcall_core::{Callbacks, EvalSession, Release, RemoteException, Request, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 
@@ -13,6 +13,8 @@ use crate::semantics::Semantics;
 
 /// The bound methods of one `farcall_semantics.Session`, looked up once.
 struct Methods {
+    session: Py<PyAny>,
+    handle: Py<PyAny>,
     get_module: Py<PyAny>,
     get_attr: Py<PyAny>,
     set_attr: Py<PyAny>,
@@ -29,6 +31,8 @@ impl Methods {
     fn new(session: &Bound<'_, PyAny>) -> PyResult<Self> {
         let m = |name: &str| session.getattr(name).map(Bound::unbind);
         Ok(Methods {
+            session: session.clone().unbind(),
+            handle: m("handle")?,
             get_module: m("get_module")?,
             get_attr: m("get_attr")?,
             set_attr: m("set_attr")?,
@@ -70,11 +74,48 @@ impl std::fmt::Debug for EmbeddedSession {
     }
 }
 
+/// The session's `peer` (the host contract of `farcall_semantics`): the
+/// client, reached through the server's [`Callbacks`].
+#[pyclass(frozen, name = "EmbeddedPeer", module = "farcall_embedded")]
+struct Peer {
+    callbacks: Arc<dyn Callbacks>,
+    semantics: Arc<Semantics>,
+}
+
+#[pymethods]
+impl Peer {
+    /// Sends request `op` (fields in boxed form) to the client and waits,
+    /// detached from Python, for its reply (in received form). Raises
+    /// `PeerError` for the client's exception, `FarcallError` when the
+    /// connection is gone.
+    #[pyo3(signature = (op, *fields))]
+    fn request<'py>(&self, py: Python<'py>, op: u8, fields: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        let request = self.semantics.peer_request(op, fields)?;
+        let callbacks = Arc::clone(&self.callbacks);
+        match py.detach(move || callbacks.request(request)) {
+            Ok(value) => self.semantics.to_python(py, value),
+            Err(e) => Err(self.semantics.peer_error(py, e)),
+        }
+    }
+
+    /// Gives back `count` references to the client's object `ref_id`
+    /// (queued by the server; never blocks).
+    fn release(&self, ref_id: u64, count: u32) {
+        self.callbacks.release(&[Release { id: ref_id, count }]);
+    }
+}
+
 impl EmbeddedSession {
-    pub(crate) fn new(id: u64, semantics: Arc<Semantics>) -> Self {
+    pub(crate) fn new(id: u64, semantics: Arc<Semantics>, callbacks: Arc<dyn Callbacks>) -> Self {
         interpreter::keep_thread_state();
         let methods = Python::attach(|py| {
-            semantics.new_session(py).and_then(|session| Methods::new(&session)).map_err(|e| semantics.describe(py, e))
+            let open = || -> PyResult<Methods> {
+                let session = semantics.new_session(py)?;
+                let peer = Peer { callbacks, semantics: Arc::clone(&semantics) };
+                session.setattr("peer", Bound::new(py, peer)?)?;
+                Methods::new(&session)
+            };
+            open().map_err(|e| semantics.describe(py, e))
         });
         if let Err(e) = &methods {
             tracing::error!(session = id, error = %e, "the embedded evaluator could not open a session");
@@ -119,8 +160,9 @@ impl EmbeddedSession {
             Request::Repr { target } => m.get_repr.bind(py).call1((sem.target(py, &target)?,))?,
             Request::Str { target } => m.get_str.bind(py).call1((sem.target(py, &target)?,))?,
             Request::Stats => m.stats.bind(py).call0()?,
-            Request::Builtin { .. } => {
-                return Err(pyo3::exceptions::PyNotImplementedError::new_err("Builtin requests are not supported by this backend yet"))
+            Request::Builtin { name, args } => {
+                let args = PyTuple::new(py, args.into_iter().map(|a| sem.to_python(py, a)).collect::<PyResult<Vec<_>>>()?)?;
+                m.handle.bind(py).call1((sem.builtin_op(), PyString::new(py, &name), args))?
             }
         };
         sem.to_value(&result)
@@ -166,6 +208,10 @@ impl Drop for EmbeddedSession {
         Python::attach(|py| {
             if let Err(e) = methods.close.bind(py).call0() {
                 tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "closing the session failed");
+            }
+            // Client objects that outlive the session no longer reach the client.
+            if let Err(e) = methods.session.bind(py).setattr("peer", py.None()) {
+                tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "detaching the session's peer failed");
             }
             // The bound methods (and through them the session) go while attached.
             drop(methods);
