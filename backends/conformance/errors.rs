@@ -68,13 +68,14 @@ fn unknown_reference_is_a_protocol_error() {
 }
 
 #[test]
-fn client_objects_by_reference_are_refused() {
+fn client_objects_without_a_client_to_call_fail_clearly() {
     let s = session();
     let builtins = module(&*s, "builtins");
     let theirs = Value::SenderObject(farcall_core::RefDesc::new(1, "builtins.list"));
+    // The session has no client (NoCallbacks): using the client's object fails, clearly.
     let e = call(&*s, &builtins, "len", vec![theirs]).unwrap_err();
-    assert_eq!(e.qualified_type(), "farcall.ProtocolError");
-    assert!(e.message.contains("passing local objects by reference is not supported yet"));
+    assert_eq!(e.type_module, "farcall", "{e:?}");
+    assert!(e.message.contains("no client to call back"), "{}", e.message);
 }
 
 #[test]

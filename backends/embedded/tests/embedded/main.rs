@@ -2,6 +2,10 @@
 //! `Evaluator`/`EvalSession` traits only.
 
 // The behaviours every backend shares live in backends/conformance/.
+#[path = "../../../conformance/builtins.rs"]
+mod builtins;
+#[path = "../../../conformance/callbacks.rs"]
+mod callbacks;
 #[path = "../../../conformance/calls.rs"]
 mod calls;
 #[path = "../../../conformance/errors.rs"]
@@ -27,4 +31,9 @@ use farcall_core::Evaluator;
 pub fn evaluator() -> &'static dyn Evaluator {
     static EVALUATOR: OnceLock<EmbeddedEvaluator> = OnceLock::new();
     EVALUATOR.get_or_init(|| EmbeddedEvaluator::start().expect("the embedded Python starts"))
+}
+
+/// The evaluator of the sessions that play the client in callback tests.
+pub fn client_evaluator() -> &'static dyn Evaluator {
+    evaluator()
 }

@@ -165,3 +165,69 @@ fn references_and_releases() {
         run(s, out, Request::Stats);
     });
 }
+
+#[test]
+fn builtin_requests() {
+    fn builtin(s: &dyn EvalSession, out: &mut Vec<Reply>, name: &str, args: Vec<Value>) -> Reply {
+        run(s, out, Request::Builtin { name: name.into(), args })
+    }
+    let slice = |a: Value, b: Value, c: Value| Value::Slice(Box::new([a, b, c]));
+    same_replies(|s, out| {
+        builtin(s, out, "execute", vec![text("data = [1, {'a': {2}}, (3, [4]), 'x', None, 2**70, 1.5, b'b', frozenset({1})]")]);
+        let data = id_of(&builtin(s, out, "eval", vec![text("data")]));
+        builtin(s, out, "obtain", vec![mine(data)]);
+        builtin(s, out, "deliver", vec![Value::List(vec![Value::Dict(vec![(text("k"), Value::Set(vec![Value::Int(1)]))])])]);
+        builtin(s, out, "getitem", vec![mine(data), slice(Value::Int(1), Value::None, Value::Int(2))]);
+        builtin(s, out, "getitem", vec![text("hello"), slice(Value::None, Value::None, Value::Int(-1))]);
+        builtin(s, out, "eval", vec![text("(..., slice(1, 2), slice(None, None, None))")]);
+        builtin(s, out, "iterate", vec![mine(data), Value::Int(4)]);
+        builtin(s, out, "iterate", vec![mine(data), Value::Int(40)]);
+        builtin(s, out, "iterate", vec![Value::Int(3), Value::Int(4)]);
+        for (name, args) in [
+            ("add", vec![Value::Int(1), Value::Int(2)]),
+            ("add", vec![mine(data), mine(data)]),
+            ("iadd", vec![mine(data), Value::Tuple(vec![Value::Int(9)])]),
+            ("truediv", vec![Value::Int(1), Value::Int(0)]),
+            ("lt", vec![mine(data), Value::Int(1)]),
+            ("len", vec![mine(data)]),
+            ("hash", vec![mine(data)]),
+            ("contains", vec![mine(data), text("x")]),
+            ("setitem", vec![mine(data), Value::Int(0), Value::Ellipsis]),
+            ("delitem", vec![mine(data), Value::Int(99)]),
+            ("dir", vec![Value::Int(1)]),
+            ("type", vec![mine(data)]),
+            ("format", vec![Value::Float(0.25), text(".0%")]),
+            ("round", vec![Value::Float(2.5)]),
+            ("divmod", vec![Value::Int(7), Value::Int(-2)]),
+            ("obtain", vec![Value::Tuple(vec![mine(data), Value::Int(1)])]),
+            ("obtain", vec![Value::Int(5)]),
+            ("no_such_builtin", vec![]),
+            ("eval", vec![text("undefined_name")]),
+            ("execute", vec![text("def (")]),
+            ("namespace", vec![]),
+            ("stats", vec![]),
+            (
+                "teleport",
+                vec![
+                    text("source"),
+                    Value::Dict(vec![
+                        (text("name"), text("f")),
+                        (text("source"), text("def f(x):\n    return x * k\n")),
+                        (text("globals"), Value::Dict(vec![(text("k"), Value::Int(3))])),
+                        (text("modules"), Value::Dict(vec![])),
+                        (text("defaults"), Value::None),
+                        (text("kwdefaults"), Value::None),
+                        (text("closure"), Value::Dict(vec![])),
+                    ]),
+                ],
+            ),
+            ("teleport", vec![text("nope"), Value::None]),
+        ] {
+            builtin(s, out, name, args);
+        }
+        builtin(s, out, "obtain", vec![mine(data)]);
+        let f = id_of(&builtin(s, out, "eval", vec![text("lambda: [[]] * 2")]));
+        run(s, out, Request::Call { target: Target::object(f), args: vec![], kwargs: vec![] });
+        run(s, out, Request::Stats);
+    });
+}

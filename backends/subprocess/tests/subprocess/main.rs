@@ -4,6 +4,10 @@
 //! requests compared with the embedded backend.
 
 // The behaviours every backend shares live in backends/conformance/.
+#[path = "../../../conformance/builtins.rs"]
+mod builtins;
+#[path = "../../../conformance/callbacks.rs"]
+mod callbacks;
 #[path = "../../../conformance/calls.rs"]
 mod calls;
 mod conformance;
@@ -24,13 +28,21 @@ pub use support::*;
 
 use std::sync::OnceLock;
 
+use farcall_backend_embedded::EmbeddedEvaluator;
 use farcall_backend_subprocess::{SubprocessEvaluator, SubprocessOptions};
-use farcall_core::{EvalSession, RemoteException, Value};
+use farcall_core::{EvalSession, Evaluator, RemoteException, Value};
 
 /// The process's shared evaluator (`python3`, two workers pre-started).
 pub fn evaluator() -> &'static SubprocessEvaluator {
     static EVALUATOR: OnceLock<SubprocessEvaluator> = OnceLock::new();
     EVALUATOR.get_or_init(|| SubprocessEvaluator::start(SubprocessOptions::default()).expect("python3 starts as a worker"))
+}
+
+/// The evaluator of the sessions that play the client in callback tests
+/// (the embedded one: the client's side is not what is tested).
+pub fn client_evaluator() -> &'static dyn Evaluator {
+    static EVALUATOR: OnceLock<EmbeddedEvaluator> = OnceLock::new();
+    EVALUATOR.get_or_init(|| EmbeddedEvaluator::start().expect("the embedded Python starts"))
 }
 
 /// An evaluator of its own, with `options`.
