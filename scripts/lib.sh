@@ -58,6 +58,7 @@ install_python_package() {
     (cd "$REPO" && "$VENV/bin/maturin" develop "$@" -m python/Cargo.toml)
 }
 
-# Python packages the scripts need in the venv.
+# Python packages the scripts need in the venv (cloudpickle: `conn.teleport`, and the embedded
+# backend, which runs this venv's Python, unpickles teleported functions with it).
 # shellcheck disable=SC2034 # used by the scripts that source this file
-VENV_PACKAGES=("maturin>=1.5,<2" "pytest>=8" "rpyc>=6,<7")
+VENV_PACKAGES=("maturin>=1.5,<2" "pytest>=8" "rpyc>=6,<7" "cloudpickle>=3,<4")

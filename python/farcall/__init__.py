@@ -1,12 +1,31 @@
 """farcall: use Python on another machine as if it were local.
 
+>>> import farcall
 >>> from farcall import connect
 >>> conn = connect("127.0.0.1:1227")          # doctest: +SKIP
 >>> conn.modules.math.pow(3, 2)               # doctest: +SKIP
 9.0
+>>> squares = conn.eval("[i * i for i in range(5)]")  # doctest: +SKIP
+>>> farcall.obtain(squares)                   # doctest: +SKIP
+[0, 1, 4, 9, 16]
 """
 
 from . import _native
+
+try:
+    from . import _semantics  # created by _native from the embedded farcall_semantics.py
+except ImportError:  # TRANSITIONAL: a native module built before it carried the semantics
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
+
+    _spec = _util.spec_from_file_location(
+        "farcall._semantics",
+        _os.path.join(_os.path.dirname(__file__), "..", "..", "backends", "python", "farcall_semantics.py"),
+    )
+    _semantics = _util.module_from_spec(_spec)
+    _sys.modules["farcall._semantics"] = _semantics
+    _spec.loader.exec_module(_semantics)
 from ._connection import Connection, Modules, connect
 from ._errors import (
     ConnectError,
@@ -16,10 +35,12 @@ from ._errors import (
     PolicyError,
     ProtocolError,
     RemoteError,
+    TeleportError,
     client_error,
     remote_error,
 )
 from ._proxy import Proxy, make_proxy
+from ._remote import async_, deliver, obtain, timed
 
 __version__ = _native.FARCALL_VERSION
 
@@ -36,5 +57,10 @@ __all__ = [
     "ProtocolError",
     "Proxy",
     "RemoteError",
+    "TeleportError",
+    "async_",
     "connect",
+    "deliver",
+    "obtain",
+    "timed",
 ]

@@ -30,6 +30,12 @@ class PolicyError(FarcallError, PermissionError):
     """The server's policy refused the operation (for example attribute assignment)."""
 
 
+class TeleportError(FarcallError):
+    """A function could not be shipped to the other side, with the reason: its source is not
+    available and cloudpickle cannot be used, a global it needs cannot be copied, or the
+    receiver could not rebuild it."""
+
+
 class RemoteError(FarcallError):
     """An exception raised by code on the server.
 
@@ -54,9 +60,12 @@ class RemoteError(FarcallError):
         return text
 
 
+#: farcall's own errors raised by the peer (type module ``farcall``, no traceback of their own).
 _FARCALL_TYPES: Dict[str, type] = {
+    "FarcallError": FarcallError,
     "ProtocolError": ProtocolError,
     "PolicyError": PolicyError,
+    "TeleportError": TeleportError,
 }
 _classes: Dict[Tuple[str, str], type] = {}
 
@@ -82,7 +91,9 @@ def _class_for(module: str, name: str) -> type:
 def remote_error(module: str, name: str, args: Tuple[Any, ...], message: str, traceback: str) -> BaseException:
     """Builds the local exception for a remote one (called by the native module)."""
     if module == "farcall" and name in _FARCALL_TYPES:
-        return _FARCALL_TYPES[name](message)
+        error = _FARCALL_TYPES[name](message)
+        error.remote_traceback = traceback
+        return error
     cls = _class_for(module, name)
     try:
         exc = cls(*args)

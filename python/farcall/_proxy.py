@@ -2,26 +2,73 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 
-from . import _native
+from . import _native, _semantics
+
+_ProxyBase = _semantics.ProxyBase
 
 
-class Proxy:
+class Proxy(_ProxyBase):
     """A local stand-in for an object on the server.
 
     Attribute access and calls are performed on the server; values that travel
     by value (None, bool, int, float, complex, str, bytes, tuple, frozenset)
     come back as local objects, everything else as another ``Proxy``. When the
     last proxy of a remote object is dropped, the server is told to release it.
+
+    Everything else a Python object can do (operators, comparisons, ``len``,
+    iteration in batches, items and slices, ``in``, ``hash``, ``bool``,
+    ``format``, ``dir``, ``with``, ``isinstance`` against remote classes) is
+    inherited from ``farcall._semantics.ProxyBase`` and performed on the server
+    through :meth:`_farcall_builtin`. Nothing is cached: a property is
+    evaluated again at each access.
     """
 
-    __slots__ = ("_farcall_handle", "__weakref__")
+    # ProxyBase may or may not bring a ``__weakref__`` slot; proxies need one
+    # (the connection's caches and user code hold them weakly).
+    __slots__ = ("_farcall_handle",) + (() if hasattr(_ProxyBase, "__weakref__") else ("__weakref__",))
 
     _farcall_handle: _native.Handle
 
     def __init__(self, handle: _native.Handle) -> None:
         object.__setattr__(self, "_farcall_handle", handle)
+
+    # -- the primitives ProxyBase builds on --------------------------------------
+
+    def _farcall_builtin(self, name: str, *args: Any) -> Any:
+        """Performs ``Builtin(name, args)`` on this proxy's connection (``args`` usually holds ``self``,
+        which travels home as the server's own object)."""
+        return self._farcall_handle.connection.builtin(name, args)
+
+    def _farcall_getattr(self, name: str) -> Any:
+        return self._farcall_handle.getattr(name)
+
+    def _farcall_setattr(self, name: str, value: Any) -> None:
+        self._farcall_handle.setattr(name, value)
+
+    def _farcall_delattr(self, name: str) -> None:
+        self._farcall_handle.delattr(name)
+
+    def _farcall_call(self, args: Tuple[Any, ...], kwargs: Optional[Dict[str, Any]]) -> Any:
+        return self._farcall_handle.call(args, kwargs or None)
+
+    def _farcall_repr(self) -> str:
+        return self._farcall_handle.repr()
+
+    def _farcall_str(self) -> str:
+        return self._farcall_handle.str()
+
+    def _farcall_home(self, session: Any) -> Any:
+        """This proxy as the server's own object (a ``Target``) when ``session`` is the local session
+        of its connection, sending it back home (a callback returning or passing a proxy); else None."""
+        handle = self._farcall_handle
+        if session is not handle.connection.local_session():
+            return None
+        ref_id, path = handle.target
+        return _semantics.Target(ref_id, path)
+
+    # -- fast paths: the most frequent operations call the handle directly ---------
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_farcall"):
@@ -46,10 +93,15 @@ class Proxy:
     def __str__(self) -> str:
         return self._farcall_handle.str()
 
-    def __reduce__(self) -> Any:
-        raise TypeError("a farcall.Proxy cannot be pickled; use the remote object through its connection")
 
 
 def make_proxy(handle: _native.Handle) -> Proxy:
     """Wraps a native handle (called by the native module)."""
     return Proxy(handle)
+
+
+def connection_of(proxy: Any) -> _native.Client:
+    """The native connection a proxy belongs to; ``TypeError`` for anything that is not a proxy."""
+    if not isinstance(proxy, Proxy):
+        raise TypeError(f"expected a farcall.Proxy, got a local {type(proxy).__name__}")
+    return proxy._farcall_handle.connection
