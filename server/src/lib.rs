@@ -7,6 +7,13 @@
 //! reply itself. A call thus costs no thread hand-off, and a slow call never
 //! holds up the others on the same connection.
 //!
+//! The protocol is symmetric: an evaluation may call back into the client
+//! (its [`SessionInfo::callbacks`]). A thread waiting for a callback's reply
+//! joins the same arrangement: when nobody is reading it reads itself, serves
+//! the client's requests it finds there (nested calls: client → server →
+//! client → server) and takes its own reply when it comes; replies another
+//! thread reads are handed to their waiting thread.
+//!
 //! ```no_run
 //! # fn evaluator() -> std::sync::Arc<dyn farcall_core::Evaluator> { unimplemented!() }
 //! use farcall_server::{Server, ServerOptions};
@@ -17,13 +24,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use farcall_core::handshake::{self, HandshakeReply, ServerHello};
-use farcall_core::session::reply_frame;
-use farcall_core::{Connection, EvalSession, Evaluator, Frame, Incoming, Listener, RemoteException, Request, Route, Session, SessionInfo};
+use farcall_core::session::{release_frame, reply_frame, sender_objects};
+use farcall_core::{
+    Callbacks, Connection, EvalSession, Evaluator, Frame, Incoming, Listener, Release, ReleaseQueue, RemoteException, Request, RequestId,
+    Route, Session, SessionInfo, TransportError, Value,
+};
 use tracing::{debug, info, warn};
 
 /// Server-wide settings.
@@ -33,9 +43,10 @@ pub struct ServerOptions {
     pub max_message_bytes: usize,
     /// Connections served at once; more are refused in the handshake.
     pub max_connections: usize,
-    /// Whether clients may set and delete attributes through proxies. This
-    /// release refuses all mutation, whatever the config says.
-    pub allow_mutation: bool,
+    /// Whether clients may set and delete attributes through proxies
+    /// (`[policy] allow_setattr`, default true). When false, SetAttr and
+    /// DelAttr are refused with `farcall.PolicyError` before evaluation.
+    pub allow_setattr: bool,
     /// How long a new connection may take to send its handshake.
     pub handshake_timeout: Duration,
     /// Threads that may serve one connection's requests at once.
@@ -47,7 +58,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_message_bytes: 64 << 20,
             max_connections: 1024,
-            allow_mutation: false,
+            allow_setattr: true,
             handshake_timeout: Duration::from_secs(10),
             max_threads_per_connection: 64,
         }
@@ -111,7 +122,7 @@ impl Server {
         self.inner.stopping.store(true, Ordering::SeqCst);
         let sessions: Vec<Arc<Conn>> = lock(&self.inner.sessions).values().cloned().collect();
         for c in sessions {
-            c.close(&self.inner, "server shutting down");
+            c.close("server shutting down");
         }
     }
 
@@ -187,7 +198,8 @@ impl Server {
             );
             return;
         }
-        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone(), callbacks: Arc::new(farcall_core::NoCallbacks) }) {
+        let callbacks = Arc::new(ConnCallbacks { conn: OnceLock::new(), releases: ReleaseQueue::new() });
+        let eval = match inner.evaluator.open(&SessionInfo { id, peer: peer.clone(), callbacks: callbacks.clone() }) {
             Ok(e) => e,
             Err(e) => {
                 drop(sessions);
@@ -210,22 +222,73 @@ impl Server {
             id,
             conn,
             eval: Some(eval),
-            session: Mutex::new(Session::new()),
-            reading: Mutex::new(()),
+            server: self.clone(),
+            callbacks: callbacks.clone(),
+            state: Mutex::new(ConnState { session: Session::new(), reading: false, idle: 0, closed: None }),
+            cond: Condvar::new(),
             threads: AtomicUsize::new(1),
-            waiting: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
         });
+        let _ = callbacks.conn.set(Arc::downgrade(&c));
         sessions.insert(id, c.clone());
         drop(sessions);
         if let Err(e) = c.conn.send(&[&Frame::from_bytes(Route::Oneway, handshake::encode(&accept).into())]) {
-            c.close(inner, &format!("sending the handshake failed: {e}"));
+            c.close(&format!("sending the handshake failed: {e}"));
             return;
         }
         let _ = c.conn.set_recv_timeout(None);
         info!(session = id, %peer, client = %hello.client, "session opened");
-        c.work(&self);
+        drop(self);
+        c.work();
     }
+}
+
+/// The [`Callbacks`] of one connection's evaluation session: requests to the
+/// client go through the connection's threads; releases wait in a queue sent
+/// ahead of the next frame to the client. Holds the connection weakly (the
+/// connection owns the evaluation session, which owns this).
+struct ConnCallbacks {
+    conn: OnceLock<Weak<Conn>>,
+    releases: ReleaseQueue,
+}
+
+impl Callbacks for ConnCallbacks {
+    fn request(&self, op: Request) -> Result<Value, RemoteException> {
+        match self.conn.get().and_then(Weak::upgrade) {
+            Some(conn) => conn.call_client(op),
+            None => Err(RemoteException::connection_lost("the client's connection is closed")),
+        }
+    }
+
+    fn release(&self, refs: &[Release]) {
+        for r in refs {
+            self.releases.push(r.id, r.count);
+        }
+    }
+}
+
+/// What one connection's threads share, under one lock.
+struct ConnState {
+    /// The server's own requests to the client (callbacks) and their replies.
+    session: Session,
+    /// A thread holds the reading role (is in, or about to enter, `recv`).
+    reading: bool,
+    /// Threads waiting on `cond` that would take the reading role: idle
+    /// followers and threads waiting for a callback's reply.
+    idle: usize,
+    /// Why the connection closed, once it has.
+    closed: Option<String>,
+}
+
+/// What a thread holding the reading role found.
+enum Found {
+    /// A request of the client (or a bad one) to answer; the reading role has
+    /// been handed on.
+    Work(Incoming),
+    /// The reply the reading thread waits for has arrived (take it from the
+    /// session); the reading role has been handed on.
+    Mine,
+    /// The connection is closed.
+    Closed,
 }
 
 /// One served connection.
@@ -234,13 +297,13 @@ struct Conn {
     conn: Box<dyn Connection>,
     /// Always `Some` until drop (taken there to drop it first).
     eval: Option<Box<dyn EvalSession>>,
-    session: Mutex<Session>,
-    /// Held by the thread inside `conn.recv()`.
-    reading: Mutex<()>,
+    server: Server,
+    callbacks: Arc<ConnCallbacks>,
+    state: Mutex<ConnState>,
+    /// Signalled when the reading role is free, a reply arrives, or the connection closes.
+    cond: Condvar,
+    /// Server threads serving this connection.
     threads: AtomicUsize,
-    /// Threads waiting for the reading role.
-    waiting: AtomicUsize,
-    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -254,99 +317,217 @@ impl Conn {
         self.eval.as_deref().expect("evaluation session present until drop")
     }
 
-    fn close(&self, inner: &Inner, why: &str) {
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            self.conn.shutdown();
-            lock(&inner.sessions).remove(&self.id);
-            info!(session = self.id, peer = %self.conn.peer(), "session closed: {why}");
+    fn wait<'a>(&self, mut st: MutexGuard<'a, ConnState>) -> MutexGuard<'a, ConnState> {
+        st.idle += 1;
+        st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        st.idle -= 1;
+        st
+    }
+
+    /// Closes the connection: every thread waiting for a reply of the client
+    /// gets `farcall.ConnectionLost`, the reader's `recv` returns.
+    fn close(&self, why: &str) {
+        let mut st = lock(&self.state);
+        if st.closed.is_some() {
+            return;
+        }
+        st.closed = Some(why.to_owned());
+        st.session.close();
+        drop(st);
+        self.cond.notify_all();
+        self.conn.shutdown();
+        lock(&self.server.inner.sessions).remove(&self.id);
+        info!(session = self.id, peer = %self.conn.peer(), "session closed: {why}");
+    }
+
+    /// Sends `frame` to the client, with the queued releases ahead of it.
+    fn send(&self, frame: &Frame) -> Result<(), TransportError> {
+        let refs = self.callbacks.releases.take();
+        if refs.is_empty() {
+            self.conn.send(&[frame])
+        } else {
+            self.conn.send(&[&release_frame(refs), frame])
         }
     }
 
-    /// The leader/followers loop of one thread serving this connection.
-    fn work(self: Arc<Self>, server: &Server) {
-        let inner = &server.inner;
+    /// The loop of a server thread serving this connection: wait for the
+    /// reading role, read until there is work, do it, again.
+    fn work(self: Arc<Self>) {
         loop {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let guard = lock(&self.reading);
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if self.closed.load(Ordering::SeqCst) {
+            let mut st = lock(&self.state);
+            while st.reading && st.closed.is_none() {
+                st = self.wait(st);
+            }
+            if st.closed.is_some() {
                 break;
             }
-            // Releases are applied by the reader before it hands over the
-            // reading role, so a request sent after a release never sees
-            // the released object, and a later Stats counts it.
-            let incoming = loop {
-                let body = match self.conn.recv() {
-                    Ok(b) => b,
-                    Err(e) if e.is_closed() => break None,
-                    Err(e) => break Some(Err(e.to_string())),
-                };
-                match lock(&self.session).receive(body) {
-                    Ok(Incoming::Release(refs)) => self.eval().release(&refs),
-                    Ok(other) => break Some(Ok(other)),
-                    Err(e) => break Some(Err(e.to_string())),
-                }
-            };
-            drop(guard);
-            let incoming = match incoming {
-                Some(Ok(i)) => i,
-                None => {
-                    self.close(inner, "client disconnected");
-                    break;
-                }
-                Some(Err(why)) => {
-                    if !self.closed.load(Ordering::SeqCst) {
-                        warn!(session = self.id, peer = %self.conn.peer(), "closing connection: {why}");
+            st.reading = true;
+            drop(st);
+            match self.lead(None) {
+                Found::Work(incoming) => {
+                    if !self.serve(incoming) {
+                        break;
                     }
-                    self.close(inner, &why);
-                    break;
                 }
-            };
-            // Make sure another thread takes the reading role while this one works.
-            if self.waiting.load(Ordering::SeqCst) == 0 && self.threads.load(Ordering::SeqCst) < inner.options.max_threads_per_connection {
-                self.threads.fetch_add(1, Ordering::SeqCst);
-                let me = self.clone();
-                let server = server.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("farcall-s{}", self.id))
-                    .stack_size(WORKER_STACK)
-                    .spawn(move || me.work(&server));
-                if spawned.is_err() {
-                    self.threads.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            let reply = match incoming {
-                Incoming::Request { id, op } => Some(reply_frame(id, self.perform(op, inner))),
-                Incoming::BadRequest { id, error } => {
-                    warn!(session = self.id, "{}", error.message);
-                    Some(reply_frame(id, Err(error)))
-                }
-                Incoming::Cancel(rid) => {
-                    debug!(session = self.id, request = rid, "cancel received (advisory; the request runs to completion)");
-                    None
-                }
-                Incoming::Release(_) | Incoming::Reply(_) | Incoming::Late { .. } => None,
-            };
-            if let Some(frame) = reply {
-                if let Err(e) = self.conn.send(&[&frame]) {
-                    self.close(inner, &format!("sending a reply failed: {e}"));
-                    break;
-                }
+                Found::Mine => {}
+                Found::Closed => break,
             }
         }
         self.threads.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn perform(&self, op: Request, inner: &Inner) -> Result<farcall_core::Value, RemoteException> {
+    /// Reads frames while holding the reading role, until one needs a thread
+    /// (a request of the client, or the reply `awaited`, if given) or the
+    /// connection ends. Releases are applied here, before the role is handed
+    /// on, so a request sent after a release never sees the released object.
+    /// Replies to other threads' requests are stored for them.
+    fn lead(self: &Arc<Self>, awaited: Option<RequestId>) -> Found {
+        loop {
+            let body = match self.conn.recv() {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = if e.is_closed() { "client disconnected".to_owned() } else { e.to_string() };
+                    self.fail(&why);
+                    return Found::Closed;
+                }
+            };
+            let mut st = lock(&self.state);
+            match st.session.receive(body) {
+                Ok(Incoming::Release(refs)) => {
+                    drop(st);
+                    self.eval().release(&refs);
+                }
+                Ok(Incoming::Reply(id)) if Some(id) == awaited => {
+                    self.hand_off(st);
+                    return Found::Mine;
+                }
+                Ok(Incoming::Reply(_)) => {
+                    drop(st);
+                    self.cond.notify_all();
+                }
+                Ok(Incoming::Cancel(rid)) => {
+                    drop(st);
+                    debug!(session = self.id, request = rid, "cancel received (advisory: the request runs to completion)");
+                }
+                Ok(Incoming::Late { id, result }) => {
+                    drop(st);
+                    // Nobody waits for it: give back the client objects it carries.
+                    if let Ok(v) = result {
+                        for r in sender_objects(&v) {
+                            self.callbacks.releases.push(r.id, r.count);
+                        }
+                    }
+                    debug!(session = self.id, request = id, "late reply from the client dropped");
+                }
+                Ok(work @ (Incoming::Request { .. } | Incoming::BadRequest { .. })) => {
+                    self.hand_off(st);
+                    return Found::Work(work);
+                }
+                Err(e) => {
+                    drop(st);
+                    self.fail(&e.to_string());
+                    return Found::Closed;
+                }
+            }
+        }
+    }
+
+    /// Closes after a read failure, warning unless the close was expected.
+    fn fail(&self, why: &str) {
+        let already = lock(&self.state).closed.is_some();
+        if !already && why != "client disconnected" {
+            warn!(session = self.id, peer = %self.conn.peer(), "closing connection: {why}");
+        }
+        self.close(why);
+    }
+
+    /// Gives up the reading role: wakes a thread waiting for it, or starts
+    /// one when none waits, so the connection is always being read.
+    fn hand_off(self: &Arc<Self>, mut st: MutexGuard<'_, ConnState>) {
+        st.reading = false;
+        let (idle, closed) = (st.idle, st.closed.is_some());
+        drop(st);
+        if idle > 0 {
+            self.cond.notify_all();
+        } else if !closed && self.threads.load(Ordering::SeqCst) < self.server.inner.options.max_threads_per_connection {
+            self.threads.fetch_add(1, Ordering::SeqCst);
+            let me = self.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("farcall-s{}", self.id)).stack_size(WORKER_STACK).spawn(move || me.work());
+            if spawned.is_err() {
+                self.threads.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Performs a request of the client and sends the reply; false when the
+    /// connection failed.
+    fn serve(&self, incoming: Incoming) -> bool {
+        let frame = match incoming {
+            Incoming::Request { id, op } => reply_frame(id, self.perform(op)),
+            Incoming::BadRequest { id, error } => {
+                warn!(session = self.id, "{}", error.message);
+                reply_frame(id, Err(error))
+            }
+            _ => return true,
+        };
+        if let Err(e) = self.send(&frame) {
+            self.close(&format!("sending a reply failed: {e}"));
+            return false;
+        }
+        true
+    }
+
+    fn perform(&self, op: Request) -> Result<Value, RemoteException> {
         debug!(session = self.id, op = op.name(), "request");
         match &op {
-            Request::SetAttr { name, .. } | Request::DelAttr { name, .. } if !inner.options.allow_mutation => {
+            Request::SetAttr { name, .. } | Request::DelAttr { name, .. } if !self.server.inner.options.allow_setattr => {
                 Err(RemoteException::policy(format!(
-                    "{} of attribute `{name}` refused: this server does not allow mutation through proxies",
+                    "{} of attribute `{name}` refused: this server does not allow setting or deleting attributes through proxies \
+                     ([policy] allow_setattr = false)",
                     if matches!(op, Request::SetAttr { .. }) { "assignment" } else { "deletion" }
                 )))
             }
             _ => self.eval().evaluate(op),
+        }
+    }
+
+    /// A request of the server to the client (a callback), from any thread:
+    /// sends it, then waits for its reply, reading the connection itself
+    /// when no other thread is (serving the client's requests it finds).
+    fn call_client(self: &Arc<Self>, op: Request) -> Result<Value, RemoteException> {
+        let lost = |why: &str| RemoteException::connection_lost(format!("the client's connection is closed ({why})"));
+        let (id, frame) = {
+            let mut st = lock(&self.state);
+            if let Some(why) = &st.closed {
+                return Err(lost(why));
+            }
+            st.session.request_owned(op)
+        };
+        if let Err(e) = self.send(&frame) {
+            self.close(&format!("sending a request to the client failed: {e}"));
+        }
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(outcome) = st.session.take_reply(id) {
+                return outcome;
+            }
+            if let Some(why) = &st.closed {
+                return Err(lost(why));
+            }
+            if st.reading {
+                st = self.wait(st);
+                continue;
+            }
+            st.reading = true;
+            drop(st);
+            match self.lead(Some(id)) {
+                Found::Work(incoming) => {
+                    self.serve(incoming);
+                }
+                Found::Mine | Found::Closed => {}
+            }
+            st = lock(&self.state);
         }
     }
 }

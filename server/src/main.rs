@@ -126,6 +126,7 @@ fn serve(args: &[String]) -> Result<()> {
     let options = ServerOptions {
         max_message_bytes: config.limits.max_message_bytes as usize,
         max_connections: config.limits.max_connections as usize,
+        allow_setattr: config.policy.allow_setattr,
         ..ServerOptions::default()
     };
     let listeners = config.server.listen.iter().map(|u| bind(u, &config, options.max_message_bytes)).collect::<Result<Vec<_>>>()?;

@@ -253,3 +253,32 @@ fn a_plugin_backend_from_the_config_serves_a_real_client() {
     assert!(err.contains("not-a-plugin.so"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `[policy] allow_setattr` from the config file reaches the server: true by
+/// default, false refuses assignment and deletion with `farcall.PolicyError`.
+#[test]
+fn the_setattr_policy_comes_from_the_config() {
+    let dir = std::env::temp_dir().join(format!("farcall-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("policy.toml");
+    for (policy, allowed) in [("", true), ("[policy]\nallow_setattr = true\n", true), ("[policy]\nallow_setattr = false\n", false)] {
+        std::fs::write(&config, format!("[server]\nlisten = [\"tcp://127.0.0.1:0\"]\n\n{policy}")).unwrap();
+        let mut s = serve(&["--config", config.to_str().unwrap()]);
+        let c = farcall_client::Client::connect(&s.addr, &Default::default()).unwrap();
+        let ctor: farcall_client::RemoteObject = c.module("types").unwrap().getattr("SimpleNamespace").unwrap().extract().unwrap();
+        let ns: farcall_client::RemoteObject = ctor.call(vec![]).unwrap().extract().unwrap();
+        let set = ns.setattr("x", 1.into());
+        let del = ns.delattr("x");
+        if allowed {
+            set.unwrap();
+            del.unwrap();
+        } else {
+            for err in [set.unwrap_err(), del.unwrap_err()] {
+                assert!(err.to_string().contains("farcall.PolicyError"), "{policy:?}: {err}");
+            }
+        }
+        signal(&s.child, "-TERM");
+        assert!(wait_exit(&mut s.child).success());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -93,7 +93,9 @@ fn remote_exceptions_carry_type_and_traceback(c: Case) {
 }
 
 fn mutation_is_refused_and_changes_nothing(c: Case) {
-    let server = c.server();
+    // Allowed by default; refused when the policy says so.
+    let options = farcall_server::ServerOptions { allow_setattr: false, ..Default::default() };
+    let server = farcall_tests::TestServer::with_options_on(c.transport, c.backend.evaluator(), options, "server");
     let c = server.client();
     let math = c.module("math").unwrap();
     let err = math.setattr("pi", Remote::Int(3)).unwrap_err();

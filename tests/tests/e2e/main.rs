@@ -6,6 +6,7 @@
 mod seed;
 
 mod abuse;
+mod callbacks;
 mod embedded_python;
 mod network;
 mod secure;
