@@ -475,6 +475,15 @@ impl Conn {
             self.close(&format!("sending a reply failed: {e}"));
             return false;
         }
+        // Releases queued while the reply was being sent (objects dropped
+        // after the evaluation) go now rather than wait for the next frame.
+        if !self.callbacks.releases.is_empty() {
+            let refs = self.callbacks.releases.take();
+            if !refs.is_empty() && self.conn.send(&[&release_frame(refs)]).is_err() {
+                self.close("sending releases failed");
+                return false;
+            }
+        }
         true
     }
 
