@@ -159,3 +159,31 @@ fn without_a_client_a_callback_is_an_error() {
     let e = call_ref(s, use_it.id, vec![Value::SenderObject(farcall_core::RefDesc::new(3, "client.fn"))]).unwrap_err();
     assert_eq!(e.type_module, "farcall", "{e:?}");
 }
+
+#[test]
+fn a_callback_from_a_thread_that_outlives_its_call() {
+    let p = pair();
+    execute(&*p.client, "def square(x):\n    return x * x\n");
+    // The thread calls back after `start` returned, while another call (`finish`) is in flight.
+    let start = server_function(
+        &p,
+        "import threading\ngo = threading.Event()\ndone = threading.Event()\nresults = []\n\
+         def start(f):\n    def run():\n        go.wait()\n        results.append(f(7))\n        done.set()\n    \
+         threading.Thread(target=run, daemon=True).start()\n\
+         def finish():\n    go.set()\n    return done.wait(30)\n",
+        "start",
+    );
+    assert_eq!(call_ref(&*p.server, start, vec![client_object(&p, "square")]).unwrap(), Value::None);
+    let finish = reference(eval(&*p.server, "finish").unwrap()).id;
+    assert_eq!(call_ref(&*p.server, finish, vec![]).unwrap(), Value::Bool(true));
+    assert_eq!(eval(&*p.server, "results[0]").unwrap(), Value::Int(49));
+}
+
+#[test]
+fn many_callbacks_in_a_row() {
+    let p = pair();
+    execute(&*p.client, "def inc(x):\n    return x + 1\n");
+    let loop_it = server_function(&p, "def loop_it(f, n):\n    x = 0\n    for _ in range(n):\n        x = f(x)\n    return x\n", "loop_it");
+    assert_eq!(call_ref(&*p.server, loop_it, vec![client_object(&p, "inc"), Value::Int(2000)]).unwrap(), Value::Int(2000));
+    assert!(p.to_client.requests.load(Ordering::SeqCst) >= 2000);
+}

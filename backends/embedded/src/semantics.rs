@@ -52,8 +52,10 @@ pub(crate) struct Semantics {
     peer_error: Option<Py<PyAny>>,
     /// `BUILTIN`, the opcode of `Builtin` requests.
     builtin_op: u8,
+    lazy_attr_class: Py<PyAny>,
     lazy_module: u8,
     lazy_class: u8,
+    lazy_callable: u8,
     int_to_bytes: Py<PyAny>,
     int_from_bytes: Py<PyAny>,
     /// Module hints already converted, by the identity of the module's
@@ -95,8 +97,10 @@ impl Semantics {
             protocol_error: m.getattr("ProtocolError")?.unbind(),
             peer_error: m.getattr("PeerError").ok().map(Bound::unbind),
             builtin_op: m.getattr("BUILTIN").and_then(|b| b.extract()).unwrap_or(9),
+            lazy_attr_class: m.getattr("LazyAttr")?.unbind(),
             lazy_module: constant("LAZY_MODULE")?,
             lazy_class: constant("LAZY_CLASS")?,
+            lazy_callable: constant("LAZY_CALLABLE")?,
             int_to_bytes: m.getattr("int_to_bytes")?.unbind(),
             int_from_bytes: m.getattr("int_from_bytes")?.unbind(),
             hints: Mutex::new(HashMap::new()),
@@ -146,7 +150,21 @@ impl Semantics {
             }
             Value::ReceiverObject(target) => self.target(py, &target)?,
             Value::SenderObject(desc) => {
-                let attrs = PyTuple::empty(py);
+                let attrs = if desc.attrs.is_empty() {
+                    PyTuple::empty(py)
+                } else {
+                    let lazy = self.lazy_attr_class.bind(py);
+                    let attrs = desc
+                        .attrs
+                        .iter()
+                        .map(|a| match &a.kind {
+                            LazyKind::Module(module) => lazy.call1((a.name.as_str(), self.lazy_module, module.as_str())),
+                            LazyKind::Class => lazy.call1((a.name.as_str(), self.lazy_class)),
+                            LazyKind::Callable => lazy.call1((a.name.as_str(), self.lazy_callable)),
+                        })
+                        .collect::<PyResult<Vec<_>>>()?;
+                    PyTuple::new(py, attrs)?
+                };
                 self.ref_class.bind(py).call1((desc.id, desc.type_name, desc.flags, attrs))?
             }
             Value::List(items) => {

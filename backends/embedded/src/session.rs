@@ -14,6 +14,8 @@ use crate::semantics::Semantics;
 /// The bound methods of one `farcall_semantics.Session`, looked up once.
 struct Methods {
     session: Py<PyAny>,
+    /// `builtin(name, args)`, or `None` for a module without it (then `handle(BUILTIN, ...)`).
+    builtin: Option<Py<PyAny>>,
     handle: Py<PyAny>,
     get_module: Py<PyAny>,
     get_attr: Py<PyAny>,
@@ -32,6 +34,7 @@ impl Methods {
         let m = |name: &str| session.getattr(name).map(Bound::unbind);
         Ok(Methods {
             session: session.clone().unbind(),
+            builtin: m("builtin").ok(),
             handle: m("handle")?,
             get_module: m("get_module")?,
             get_attr: m("get_attr")?,
@@ -162,7 +165,10 @@ impl EmbeddedSession {
             Request::Stats => m.stats.bind(py).call0()?,
             Request::Builtin { name, args } => {
                 let args = PyTuple::new(py, args.into_iter().map(|a| sem.to_python(py, a)).collect::<PyResult<Vec<_>>>()?)?;
-                m.handle.bind(py).call1((sem.builtin_op(), PyString::new(py, &name), args))?
+                match &m.builtin {
+                    Some(builtin) => builtin.bind(py).call1((PyString::new(py, &name), args))?,
+                    None => m.handle.bind(py).call1((sem.builtin_op(), PyString::new(py, &name), args))?,
+                }
             }
         };
         sem.to_value(&result)

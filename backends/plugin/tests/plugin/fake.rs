@@ -266,3 +266,22 @@ fn the_library_stays_loaded_while_a_session_lives() {
     let again = PluginEvaluator::load(fake_plugin()).expect("load again");
     assert_eq!(again.info().name, "fake");
 }
+
+#[test]
+fn copies_slices_and_ellipsis_cross_the_abi_and_builtins_are_refused_clearly() {
+    let evaluator = fake();
+    let session = open(&evaluator, 1);
+    let echo = module(&*session, "echo");
+    // The ABI carries frames: the new value kinds cross it unchanged.
+    let values = vec![
+        Value::List(vec![Value::Int(1), Value::Dict(vec![(Value::Str("k".into()), Value::Set(vec![Value::Int(2)]))])]),
+        Value::Slice(Box::new([Value::Int(1), Value::None, Value::Int(-1)])),
+        Value::Ellipsis,
+    ];
+    assert_eq!(call(&*session, &echo, &["echo"], values.clone()), Ok(Value::Tuple(values)));
+    // The fake has no BUILTINS table: a clear farcall.ProtocolError, and the session goes on.
+    let e = session.evaluate(Request::Builtin { name: "add".into(), args: vec![Value::Int(1), Value::Int(2)] }).unwrap_err();
+    assert_eq!(e.qualified_type(), "farcall.ProtocolError");
+    assert!(e.message.contains("Builtin") && e.message.contains("add"), "{}", e.message);
+    assert_eq!(stats(&*session).0, 1);
+}
