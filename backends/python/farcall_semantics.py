@@ -244,6 +244,9 @@ class RemoteError(FarcallError):
     remote_type = ""
     remote_message = ""
     remote_traceback = ""
+    # (module, qualname) of the peer's type: what describe() reports, so the
+    # type's name survives a trip through this side.
+    _farcall_origin = None
 
     def __str__(self):
         return _with_traceback(self.remote_message or Exception.__str__(self), self.remote_traceback)
@@ -614,14 +617,36 @@ def _is_internal(frame):
 
 
 def _user_frames(tb):
-    """The part of ``tb`` after its last frame of farcall's own code (and of
-    whatever host called it): the frames of the code the client ran."""
-    user = tb
-    while tb is not None:
-        if _is_internal(tb.tb_frame):
-            user = tb.tb_next
-        tb = tb.tb_next
-    return user
+    """The part of ``tb`` after its first run of frames of farcall's own code
+    (and of whatever host called it, before them): the frames of the code
+    the client ran (farcall's frames among them, those of a
+    :class:`PeerObject` the code used, are left out when formatting)."""
+    start = tb
+    # The host's frames (when it is Python), then farcall's: both go.
+    while start is not None and not _is_internal(start.tb_frame):
+        start = start.tb_next
+    if start is None:
+        return tb
+    while start is not None and _is_internal(start.tb_frame):
+        start = start.tb_next
+    return start
+
+
+def _format_user_traceback(t, exc, tb):
+    """The formatted traceback of ``exc`` from ``tb`` on, without the frames
+    of farcall's own code."""
+    internal = set()
+    walk = tb
+    while walk is not None:
+        if _is_internal(walk.tb_frame):
+            code = walk.tb_frame.f_code
+            internal.add((code.co_filename, walk.tb_lineno, code.co_name))
+        walk = walk.tb_next
+    if not internal:
+        return "".join(traceback.format_exception(t, exc, tb))
+    te = traceback.TracebackException(t, exc, tb)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if (f.filename, f.lineno, f.name) not in internal])
+    return "".join(te.format())
 
 
 def describe(exc):
@@ -638,6 +663,9 @@ def describe(exc):
     name = _str_attr(t, "__qualname__")
     module = "builtins" if module is None else module
     name = "BaseException" if name is None else name
+    origin = getattr(exc, "_farcall_origin", None) if isinstance(exc, RemoteError) else None
+    if type(origin) is tuple and len(origin) == 2 and all(isinstance(o, str) for o in origin):
+        module, name = origin
     args = []
     raw_args = getattr(exc, "args", ())
     if isinstance(raw_args, tuple):
@@ -657,7 +685,7 @@ def describe(exc):
         return ExceptionData(module, name, args, message, "")
     tb = _user_frames(exc.__traceback__)
     try:
-        text = "".join(traceback.format_exception(t, exc, tb))
+        text = _format_user_traceback(t, exc, tb)
     except BaseException:
         text = ""
     if tb is None:
@@ -1139,6 +1167,40 @@ def _copy_scalar_subclass(obj):
 # ----------------------------------------------------------------- builtins
 
 
+# The operands of the binary operation this thread performs for the peer
+# (see _binary_entry and ProxyBase._farcall_declines).
+_operands = threading.local()
+
+
+def _binary_entry(function):
+    """A :data:`BUILTINS` entry for a binary operator: while it runs, a proxy
+    among its operands declines (``NotImplemented``) to send the same
+    operation back to the peer, which would send it here again forever
+    (``my_list == peer_list``: each side's list declines, and each side's
+    proxy would reflect the comparison to the other)."""
+
+    def entry(session, a, b):
+        saved = getattr(_operands, "pair", None)
+        _operands.pair = (a, b)
+        try:
+            return function(a, b)
+        finally:
+            _operands.pair = saved
+
+    entry.__name__ = entry.__qualname__ = getattr(function, "__name__", "builtin")
+    return entry
+
+
+def _declines(proxy, other):
+    """Whether ``proxy`` must decline an operation with ``other``: this
+    thread is performing that very operation for the peer."""
+    pair = getattr(_operands, "pair", None)
+    if pair is None:
+        return False
+    a, b = pair
+    return (a is proxy and b is other) or (a is other and b is proxy)
+
+
 def _plain_function(function):
     """A :data:`BUILTINS` entry for a function that needs no session."""
 
@@ -1178,6 +1240,7 @@ def _builtin_exit(session, o, exc_module=None, exc_name=None, message=None):
             et, ev = RemoteError, RemoteError(text)
     if et is RemoteError:
         ev.remote_type = "%s.%s" % (exc_module, exc_name)
+        ev._farcall_origin = (str(exc_module), str(exc_name))
     return type(o).__exit__(o, et, ev, None)
 
 
@@ -1271,11 +1334,17 @@ _OPERATORS = {
     "issubclass": issubclass,
 }
 
+_BINARY = frozenset(
+    "add sub mul matmul truediv floordiv mod pow lshift rshift and or xor "
+    "iadd isub imul imatmul itruediv ifloordiv imod ipow ilshift irshift iand ior ixor "
+    "lt le eq ne gt ge divmod".split()
+)
+
 #: The operations of ``Builtin(name, args)`` (see PROTOCOL.md): name → a
 #: function called as ``function(session, *args)`` with the unboxed args,
 #: returning a Python result that :meth:`Session.builtin` boxes (``obtain``
 #: returns the boxed copy itself).
-BUILTINS = {name: _plain_function(function) for name, function in _OPERATORS.items()}
+BUILTINS = {name: (_binary_entry if name in _BINARY else _plain_function)(function) for name, function in _OPERATORS.items()}
 BUILTINS.update(
     {
         "dir": _builtin_dir,
@@ -1366,6 +1435,13 @@ def remote_exception(data):
                     break
                 except Exception:
                     continue
+            if exc is None:
+                # A constructor that wants more (UnicodeDecodeError): the args
+                # alone, without running __init__.
+                try:
+                    exc = cls.__new__(cls, *args)
+                except Exception:
+                    pass
             if exc is not None:
                 if cls is base:
                     # No subclass could be made: the traceback goes into the args.
@@ -1383,6 +1459,8 @@ def remote_exception(data):
     exc.remote_type = "%s.%s" % (module, name)
     exc.remote_message = message
     exc.remote_traceback = text
+    if isinstance(module, str) and isinstance(name, str):
+        exc._farcall_origin = (module, name)
     return exc
 
 
@@ -1511,42 +1589,64 @@ class ProxyBase:
     # -- comparisons
 
     def __eq__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("eq", self, other)
 
     def __ne__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("ne", self, other)
 
     def __lt__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("lt", self, other)
 
     def __le__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("le", self, other)
 
     def __gt__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("gt", self, other)
 
     def __ge__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("ge", self, other)
 
     # -- arithmetic not generated below
 
     def __pow__(self, other, modulo=None):
         if modulo is None:
+            if _declines(self, other):
+                return NotImplemented
             return self._farcall_builtin("pow", self, other)
         return self._farcall_builtin("pow3", self, other, modulo)
 
     def __rpow__(self, other, modulo=None):
         if modulo is None:
+            if _declines(self, other):
+                return NotImplemented
             return self._farcall_builtin("pow", other, self)
         return self._farcall_builtin("pow3", other, self, modulo)
 
     def __ipow__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("ipow", self, other)
 
     def __divmod__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("divmod", self, other)
 
     def __rdivmod__(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("divmod", other, self)
 
     # -- items, iteration
@@ -1586,10 +1686,14 @@ class ProxyBase:
             return self._farcall_builtin("exit", self, None, None, None)
         module = getattr(exc_type, "__module__", None)
         name = getattr(exc_type, "__qualname__", None)
-        try:
-            message = str(exc)
-        except Exception:
-            message = "<unprintable %s>" % name
+        args = getattr(exc, "args", None)
+        if type(args) is tuple and len(args) == 1 and type(args[0]) is str:
+            message = args[0]  # rebuilds exactly: et(message)
+        else:
+            try:
+                message = str(exc)
+            except Exception:
+                message = "<unprintable %s>" % name
         return self._farcall_builtin("exit", self, module if isinstance(module, str) else None, name if isinstance(name, str) else "?", message)
 
     def __instancecheck__(self, instance):
@@ -1601,12 +1705,18 @@ class ProxyBase:
 
 def _binary_methods(name):
     def forward(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin(name, self, other)
 
     def reflected(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin(name, other, self)
 
     def inplace(self, other):
+        if _declines(self, other):
+            return NotImplemented
         return self._farcall_builtin("i" + name, self, other)
 
     for method, dunder in ((forward, "__%s__"), (reflected, "__r%s__"), (inplace, "__i%s__")):
