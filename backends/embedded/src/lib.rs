@@ -14,11 +14,26 @@
 //!
 //! What travels by value: exactly `None`, `bool`, `int` (any size), `float`,
 //! `complex`, `str`, `bytes` (large ones shared with Python, not copied),
-//! tuples (whose elements may be references) and frozensets of values;
-//! subclasses of these and everything else travel as references. Exceptions
-//! travel as [`RemoteException`](farcall_core::RemoteException)s with the
-//! formatted traceback. Code called by the client sees the session's
-//! namespace as its caller's globals (`exec(code)`, `globals()`).
+//! tuples (whose elements may be references), frozensets of values, slices
+//! and `Ellipsis`; list, dict and set copies where a copy was asked for
+//! (`Builtin("obtain")`, `Builtin("deliver")`); subclasses of these and
+//! everything else travel as references. Exceptions travel as
+//! [`RemoteException`](farcall_core::RemoteException)s with the formatted
+//! traceback. Code called by the client sees the session's namespace as its
+//! caller's globals (`exec(code)`, `globals()`).
+//!
+//! Callbacks: an object of the client received in a request
+//! ([`Value::SenderObject`](farcall_core::Value::SenderObject)) becomes a
+//! `farcall_semantics.PeerObject`, whose operations are requests sent through
+//! the session's `peer`: an object of this crate that performs them with the
+//! session's [`Callbacks`](farcall_core::Callbacks)
+//! ([`SessionInfo::callbacks`](farcall_core::SessionInfo::callbacks)),
+//! detached from Python while the client answers, from whatever thread calls
+//! it (a thread evaluating a request, or one that user code started). The
+//! client's exception is raised as `PeerError` (the module turns it into the
+//! builtin type or `farcall.RemoteError`, with the client's traceback); a
+//! lost connection as `FarcallError`. A `PeerObject` that goes away gives its
+//! receptions back with [`Callbacks::release`](farcall_core::Callbacks::release).
 //!
 //! ```
 //! use farcall_backend_embedded::EmbeddedEvaluator;

@@ -57,6 +57,16 @@
 //! semantics are the same: both backends run `backends/python/farcall_semantics.py`.
 //! `faulthandler` is enabled in workers.
 //!
+//! Callbacks work as in the embedded backend (user code calling an object
+//! of the client, from any thread of the worker, nested to any depth), with
+//! two differences that come from the pipes being read only by threads that
+//! wait for a reply: a callback made by a worker thread while no call of its
+//! session is in flight reaches the client when the session's next call
+//! starts, and releases of client objects travel just ahead of the worker's
+//! next frame. The time a call spends waiting for the client to answer one
+//! of its callbacks counts toward `call_timeout`, which is checked when the
+//! client has answered.
+//!
 //! # The worker protocol
 //!
 //! Frames in both directions are a 4-byte big-endian length, then the body.
