@@ -1933,17 +1933,26 @@ def _outer_lambdas(tree):
     return found
 
 
-def teleport_payload(func):
+def teleport_payload(func, session=None):
     """The 'source' teleport payload of a local function, in boxed form
     (a :class:`DictValue`, ready to send as the second argument of
     ``Builtin("teleport", ("source", payload))``).
 
     It holds the function's dedented source (for a lambda, the lambda
     expression alone), the globals the code reads (copies of their values),
-    the modules among them (by name), classes and functions imported from an
-    importable module (as ``attributes``: ``(module, qualname)``), other
-    plain Python functions it calls (as nested payloads, ``functions``),
-    closure values, defaults and keyword-only defaults. Raises
+    the modules among them (by name), classes and functions found again by
+    importing a module (as ``attributes``: ``{name: (module, qualname)}``;
+    functions only when that module is installed: stdlib, site-packages),
+    the other plain Python functions it calls (as nested payloads,
+    ``functions``: ``{name: payload}``), the global names bound to the
+    function itself (``aliases``), closure values, defaults and keyword-only
+    defaults. ``attributes``, ``functions`` and ``aliases`` are optional keys
+    beyond PROTOCOL.md's; a receiver ignores what it does not know.
+
+    With ``session`` (the sender's :class:`Session` of the connection the
+    payload goes to), a global or closure value that is a proxy of the
+    receiver's object travels as its :class:`Target` and is that object
+    again on the receiver. Raises
     :class:`TeleportError` saying why when the source is unavailable (a
     function typed into an interactive session) or something it uses cannot
     be copied."""
@@ -1951,10 +1960,10 @@ def teleport_payload(func):
         raise TeleportError("teleport needs a plain function; %r is a bound method (teleport the function and pass the object)" % (func,))
     if not isinstance(func, types.FunctionType):
         raise TeleportError("teleport needs a Python function, got a %s" % type_name(func))
-    return _payload(func, [])
+    return _payload(func, [], session)
 
 
-def _payload(func, building):
+def _payload(func, building, session=None):
     code = func.__code__
     label = "%s (%s)" % (func.__qualname__, code.co_filename) if code.co_name != "<lambda>" else "the lambda at %s:%d" % (code.co_filename, code.co_firstlineno)
     if func in building:
@@ -1977,8 +1986,10 @@ def _payload(func, building):
                 if module_name is None or module_name == "__main__":
                     raise TeleportError("%s uses the module %r, which has no importable name" % (label, global_name))
                 modules[global_name] = module_name
-            elif isinstance(value, types.FunctionType) and _importable(value) is None:
-                functions[global_name] = _payload(value, building)
+            elif isinstance(value, types.FunctionType) and (_importable(value) is None or not _installed(value.__module__)):
+                functions[global_name] = _payload(value, building, session)
+            elif session is not None and isinstance(value, ProxyBase) and value._farcall_home(session) is not None:
+                values[global_name] = value._farcall_home(session)
             else:
                 where = _importable(value) if callable(value) else None
                 if where is not None:
@@ -2046,6 +2057,32 @@ def _importable(obj):
     return (module_name, qualname) if found is obj else None
 
 
+def _installed(module_name):
+    """Whether the module is part of this interpreter's installation (built
+    in, the standard library or site-packages) rather than the user's own
+    code: a function of the former is imported by name on the receiver, one
+    of the latter is shipped as source."""
+    module = sys.modules.get(module_name)
+    filename = getattr(module, "__file__", None)
+    if module is None:
+        return False
+    if not isinstance(filename, str):
+        return True  # built in
+    import os
+    import sysconfig
+
+    filename = os.path.realpath(filename)
+    roots = set()
+    for scheme_paths in (sysconfig.get_paths(),):
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            if scheme_paths.get(key):
+                roots.add(os.path.realpath(scheme_paths[key]))
+    for path in sys.path:
+        if path and ("site-packages" in path or "dist-packages" in path):
+            roots.add(os.path.realpath(path))
+    return any(filename.startswith(root + os.sep) for root in roots)
+
+
 def _global_names(code):
     """The global names read, written or deleted by ``code`` and the code
     objects nested in it (the names of ``LOAD_GLOBAL`` & co, not attribute
@@ -2105,7 +2142,7 @@ def _function_source(func, label):
     if code.co_name == "<lambda>":
         candidates = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda) and n.lineno + offset == code.co_firstlineno]
         if len(candidates) > 1:
-            arguments = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount + code.co_posonlyargcount]
+            arguments = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
             candidates = [n for n in candidates if tuple(a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs) == arguments]
         if len(candidates) > 1:
             candidates = _lambda_by_column(code, candidates, offset)

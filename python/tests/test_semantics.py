@@ -500,7 +500,6 @@ def test_proxy_operators_reflected_and_in_place() -> None:
     z *= 2
     assert client.unbox(server.handle(sem.BUILTIN, "obtain", (client.box(z),))) == [1, 2, 1, 2]
     for op, expected in (("-", 3), ("*", 24), ("/", 1.5), ("//", 1), ("%", 0), ("<<", 48), (">>", 0), ("&", 2), ("|", 14), ("^", 12)):
-        r = remote(server, client, "Num2(12)") if False else None  # noqa: F841 (Num covers the dunders; ints the ops)
         value = eval(f"a {op} b", {"a": remote(server, client, "12"), "b": 8})
         assert value == eval(f"12 {op} 8"), op
 
@@ -674,6 +673,13 @@ def uses_helper_and_imports(x):  # noqa: ANN001, ANN201
     return collections.Counter(json.dumps(helper(x)))
 
 
+from os.path import join as path_join  # noqa: E402
+
+
+def uses_an_imported_function(a):  # noqa: ANN001, ANN201
+    return path_join(a, "b")
+
+
 def _decorator(f):  # noqa: ANN001, ANN202
     return f
 
@@ -716,7 +722,13 @@ def test_teleport_source_closures_lambdas_nested_recursive() -> None:
     assert teleported(server, nested)(2) == 18
     assert teleported(server, lambda v: v * factor)(3) == 12
     first, second = lambda: "first", lambda: "second"  # noqa: E731
-    assert teleported(server, second)() == "second" or sys.version_info < (3, 11)
+    if sys.version_info >= (3, 11):  # instruction columns tell them apart
+        assert teleported(server, second)() == "second"
+    else:
+        with pytest.raises(sem.TeleportError, match="cannot be told apart from the other lambdas on its line"):
+            sem.teleport_payload(second)
+    one, two = lambda a: a, lambda b: -b  # noqa: E731
+    assert teleported(server, two)(1) == -1  # told apart by their arguments
     assert teleported(server, recursive)(5) == 120
 
     def make_counter(start):  # noqa: ANN001, ANN202
@@ -727,7 +739,9 @@ def test_teleport_source_closures_lambdas_nested_recursive() -> None:
 
     assert teleported(server, make_counter(7))(3) == 10
     assert teleported(server, uses_helper_and_imports)(2) == collections.Counter("6")
-    assert dict(dict(sem.teleport_payload(uses_helper_and_imports))["attributes"])["collections"] if False else True
+    fields = dict(sem.teleport_payload(uses_helper_and_imports))
+    assert dict(fields["modules"]) == {"collections": "collections"}
+    assert dict(dict(fields["functions"])["helper"])["source"] == "def helper(x):  # noqa: ANN001, ANN201\n    return x * 3\n"
     assert teleported(server, decorated)(1) == 2
     fact = lambda n: 1 if n <= 1 else n * fact(n - 1)  # noqa: E731
     assert teleported(server, fact)(4) == 24
@@ -782,3 +796,20 @@ def test_teleported_function_through_a_wired_session() -> None:
     server, client = pair()
     f = client.unbox(server.handle(sem.BUILTIN, "teleport", ("source", sem.teleport_payload(plain_function))))
     assert isinstance(f, sem.PeerObject) and f(1) == plain_function(1)
+    # A proxy of the server's object used by the function is that object there.
+    server_list = remote(server, client, "[]")
+
+    def append(x):  # noqa: ANN001, ANN202
+        server_list.append(x)
+        return len(server_list)
+
+    with pytest.raises(sem.TeleportError, match="cannot be copied"):
+        sem.teleport_payload(append)
+    g = client.unbox(server.handle(sem.BUILTIN, "teleport", ("source", sem.teleport_payload(append, client))))
+    assert g(5) == 1 and list(server_list) == [5]
+
+
+def test_teleport_imported_functions_by_name() -> None:
+    fields = dict(sem.teleport_payload(uses_an_imported_function))
+    assert dict(fields["attributes"]) == {"path_join": ("posixpath", "join")} or sys.platform == "win32"
+    assert teleported(sem.Session(), uses_an_imported_function)("a") == "a/b" or sys.platform == "win32"
