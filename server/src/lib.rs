@@ -341,13 +341,16 @@ impl Conn {
     }
 
     /// Sends `frame` to the client, with the queued releases ahead of it.
+    ///
+    /// Two sends rather than one when there are releases: a transport that
+    /// maps frames to streams (QUIC) orders a reply after the one-way frames
+    /// sent before it, not after those of the same `send`.
     fn send(&self, frame: &Frame) -> Result<(), TransportError> {
         let refs = self.callbacks.releases.take();
-        if refs.is_empty() {
-            self.conn.send(&[frame])
-        } else {
-            self.conn.send(&[&release_frame(refs), frame])
+        if !refs.is_empty() {
+            self.conn.send(&[&release_frame(refs)])?;
         }
+        self.conn.send(&[frame])
     }
 
     /// The loop of a server thread serving this connection: wait for the

@@ -17,8 +17,7 @@ use farcall_core::{
     RequestId, Route, Session, SessionInfo, Target, Value,
 };
 use farcall_server::ServerOptions;
-use farcall_tests::{per_case, Case, TestServer};
-use farcall_transport_tcp::TcpConnection;
+use farcall_tests::{per_case, per_transport, Case, TestCerts, TestServer, Transport};
 
 /// A bound on every wait, so a broken server fails the test instead of hanging it.
 const BOUND: Duration = Duration::from_secs(20);
@@ -129,10 +128,11 @@ fn client_object(id: u64) -> Value {
     Value::SenderObject(RefDesc { flags: farcall_core::flags::CALLABLE, ..RefDesc::new(id, "builtins.function") })
 }
 
-/// A client made of the core session state machine over TCP. While it waits
-/// for a reply it serves the server's requests with [`serve_callback`].
+/// A client made of the core session state machine over the server's
+/// transport. While it waits for a reply it serves the server's requests with
+/// [`serve_callback`].
 struct Raw {
-    conn: TcpConnection,
+    conn: Box<dyn Connection>,
     session: Session,
     /// Callbacks served so far.
     served: usize,
@@ -142,7 +142,28 @@ struct Raw {
 
 impl Raw {
     fn connect(server: &TestServer) -> Raw {
-        let conn = TcpConnection::connect(&server.addr, Some(BOUND), 1 << 24, 1 << 16).expect("connects");
+        let max = 1 << 24;
+        let tls = || {
+            let certs = TestCerts::get();
+            let files = farcall_tls::ClientTlsFiles {
+                ca: certs.path("ca.pem"),
+                cert: Some(certs.path("alice.pem")),
+                key: Some(certs.path("alice.key")),
+            };
+            files.load(&[farcall_tls::ALPN]).expect("client TLS config")
+        };
+        let conn: Box<dyn Connection> = match server.transport {
+            Transport::Tcp => {
+                Box::new(farcall_transport_tcp::TcpConnection::connect(&server.addr, Some(BOUND), max, 1 << 16).expect("connects"))
+            }
+            Transport::Tls => Box::new(
+                farcall_transport_tcp::TlsConnection::connect(&server.addr, "127.0.0.1", tls(), Some(BOUND), max, 1 << 16)
+                    .expect("connects"),
+            ),
+            Transport::Quic => Box::new(
+                farcall_transport_quic::QuicConnection::connect(&server.addr, "127.0.0.1", tls(), Some(BOUND), max).expect("connects"),
+            ),
+        };
         conn.set_recv_timeout(Some(BOUND)).unwrap();
         let hello = handshake::encode(&ClientHello::new("callbacks test"));
         conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())]).unwrap();
@@ -210,16 +231,15 @@ fn serve_callback(raw: &mut Raw, op: Request) -> Outcome {
     }
 }
 
-fn callback_server() -> (TestServer, mpsc::Receiver<RemoteException>) {
+fn callback_server(t: Transport) -> (TestServer, mpsc::Receiver<RemoteException>) {
     let (evaluator, errors) = CallbackEvaluator::new();
-    (TestServer::start(evaluator), errors)
+    (TestServer::start_on(t, evaluator), errors)
 }
 
 // ---------------------------------------------------------------- the tests
 
-#[test]
-fn a_callback_reaches_the_client_and_its_reply_returns_into_the_evaluation() {
-    let (server, _) = callback_server();
+fn a_callback_reaches_the_client_and_its_reply_returns_into_the_evaluation(t: Transport) {
+    let (server, _) = callback_server(t);
     let mut raw = Raw::connect(&server);
     assert_eq!(raw.builtin("call", vec![client_object(ADD_ONE), Value::Int(41)]), Ok(Value::Int(42)));
     assert_eq!(raw.served, 1);
@@ -233,9 +253,8 @@ fn a_callback_reaches_the_client_and_its_reply_returns_into_the_evaluation() {
     assert_eq!(raw.served, 202);
 }
 
-#[test]
-fn nested_calls_are_served_while_the_server_waits_for_a_callback() {
-    let (server, _) = callback_server();
+fn nested_calls_are_served_while_the_server_waits_for_a_callback(t: Transport) {
+    let (server, _) = callback_server(t);
     let mut raw = Raw::connect(&server);
     // client → server → client → (new request) server → client.
     let echoed = raw.builtin("call", vec![client_object(ECHO_VIA_SERVER), Value::Int(7)]);
@@ -245,9 +264,8 @@ fn nested_calls_are_served_while_the_server_waits_for_a_callback() {
     assert_eq!(raw.served, 1 + 6);
 }
 
-#[test]
-fn callbacks_of_overlapping_requests_each_get_their_own_reply() {
-    let (server, _) = callback_server();
+fn callbacks_of_overlapping_requests_each_get_their_own_reply(t: Transport) {
+    let (server, _) = callback_server(t);
     let mut raw = Raw::connect(&server);
     // Eight requests in flight at once, each calling back; replies match by id.
     let ids: Vec<_> = (0..8)
@@ -259,18 +277,16 @@ fn callbacks_of_overlapping_requests_each_get_their_own_reply() {
     assert_eq!(raw.served, 8);
 }
 
-#[test]
-fn a_callback_from_a_thread_the_evaluator_started() {
-    let (server, _) = callback_server();
+fn a_callback_from_a_thread_the_evaluator_started(t: Transport) {
+    let (server, _) = callback_server(t);
     let mut raw = Raw::connect(&server);
     assert_eq!(raw.builtin("call_from_thread", vec![client_object(ADD_ONE), Value::Int(1)]), Ok(Value::Int(2)));
     // Nested from that thread too.
     assert_eq!(raw.builtin("call_from_thread", vec![client_object(RECURSE), Value::Int(3)]), Ok(Value::Int(3)));
 }
 
-#[test]
-fn a_lost_connection_fails_the_waiting_callback_and_the_server_serves_others() {
-    let (server, errors) = callback_server();
+fn a_lost_connection_fails_the_waiting_callback_and_the_server_serves_others(t: Transport) {
+    let (server, errors) = callback_server(t);
     let mut other = Raw::connect(&server);
     let mut raw = Raw::connect(&server);
     raw.send(Request::Builtin { name: "call_and_report".into(), args: vec![client_object(ADD_ONE), Value::Int(1)] });
@@ -286,9 +302,8 @@ fn a_lost_connection_fails_the_waiting_callback_and_the_server_serves_others() {
     assert_eq!(late.builtin("echo", vec![Value::Int(1)]), Ok(Value::Tuple(vec![Value::Int(1)])));
 }
 
-#[test]
-fn released_client_references_arrive_before_the_next_reply() {
-    let (server, _) = callback_server();
+fn released_client_references_arrive_before_the_next_reply(t: Transport) {
+    let (server, _) = callback_server(t);
     let mut raw = Raw::connect(&server);
     let id = raw.send(Request::Builtin { name: "release".into(), args: vec![Value::Int(7), Value::Int(2), Value::Int(9), Value::Int(1)] });
     assert_eq!(raw.next(), Incoming::Release(vec![Release { id: 7, count: 2 }, Release { id: 9, count: 1 }]));
@@ -298,6 +313,15 @@ fn released_client_references_arrive_before_the_next_reply() {
     let id = raw.send(Request::Builtin { name: "echo".into(), args: vec![] });
     assert_eq!(raw.next(), Incoming::Reply(id));
 }
+
+per_transport!(
+    a_callback_reaches_the_client_and_its_reply_returns_into_the_evaluation,
+    nested_calls_are_served_while_the_server_waits_for_a_callback,
+    callbacks_of_overlapping_requests_each_get_their_own_reply,
+    a_callback_from_a_thread_the_evaluator_started,
+    a_lost_connection_fails_the_waiting_callback_and_the_server_serves_others,
+    released_client_references_arrive_before_the_next_reply,
+);
 
 // ---------------------------------------------------------------- policy
 
@@ -311,7 +335,7 @@ fn set_and_del(raw: &mut Raw) -> (Outcome, Outcome) {
 #[test]
 fn setattr_and_delattr_are_allowed_by_default() {
     assert!(ServerOptions::default().allow_setattr);
-    let (server, _) = callback_server();
+    let (server, _) = callback_server(Transport::Tcp);
     let mut raw = Raw::connect(&server);
     assert_eq!(set_and_del(&mut raw), (Ok(Value::None), Ok(Value::None)));
 }
