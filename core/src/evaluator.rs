@@ -53,6 +53,11 @@ pub trait Callbacks: Send + Sync {
     /// (and from threads the user's code started), several at once. The
     /// connection being gone is `Err(RemoteException { type_module: "farcall",
     /// type_name: "ConnectionLost", .. })`.
+    ///
+    /// Call it holding nothing the evaluator needs to perform requests or
+    /// releases (for Python: with the GIL released, `py.detach`): while it
+    /// waits, this thread or another one of the server may perform the
+    /// client's requests of the same session (nested calls) and its releases.
     fn request(&self, op: Request) -> Result<Value, RemoteException>;
     /// Gives back references to client objects (ids the client allocated).
     /// Never blocks, no I/O: they are queued and sent ahead of the next message

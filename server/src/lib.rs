@@ -253,10 +253,17 @@ struct ConnCallbacks {
 
 impl Callbacks for ConnCallbacks {
     fn request(&self, op: Request) -> Result<Value, RemoteException> {
-        match self.conn.get().and_then(Weak::upgrade) {
-            Some(conn) => conn.call_client(op),
-            None => Err(RemoteException::connection_lost("the client's connection is closed")),
+        let Some(conn) = self.conn.get().and_then(Weak::upgrade) else {
+            return Err(RemoteException::connection_lost("the client's connection is closed"));
+        };
+        let outcome = conn.call_client(op);
+        if Arc::strong_count(&conn) == 1 {
+            // The connection closed meanwhile and this is its last owner:
+            // dropping it drops the evaluation session, which must not happen
+            // on a thread that is inside that session's evaluation.
+            let _ = std::thread::Builder::new().name("farcall-drop".into()).spawn(move || drop(conn));
         }
+        outcome
     }
 
     fn release(&self, refs: &[Release]) {
