@@ -123,6 +123,7 @@ const ADD_ONE: u64 = 1;
 const FAIL: u64 = 2;
 const RECURSE: u64 = 3;
 const ECHO_VIA_SERVER: u64 = 4;
+const ECHO_VIA_PYTHON: u64 = 5;
 
 fn client_object(id: u64) -> Value {
     Value::SenderObject(RefDesc { flags: farcall_core::flags::CALLABLE, ..RefDesc::new(id, "builtins.function") })
@@ -227,6 +228,8 @@ fn serve_callback(raw: &mut Raw, op: Request) -> Outcome {
         },
         // Nested: a plain new request while the server waits.
         (ECHO_VIA_SERVER, [v]) => raw.builtin("echo", vec![v.clone(), Value::Str("via server".into())]),
+        // The same with a Python server: `x + 1` evaluated there.
+        (ECHO_VIA_PYTHON, [Value::Int(x)]) => raw.builtin("eval", vec![Value::Str(format!("{x} + 1"))]),
         (id, args) => Err(RemoteException::protocol(format!("no client object {id} taking {args:?}"))),
     }
 }
@@ -369,4 +372,50 @@ fn setattr_works_by_default_on_python(c: Case) {
     assert!(ns.getattr("answer").is_err());
 }
 
-per_case!(setattr_works_by_default_on_python);
+
+// ---------------------------------------------------------------- real Python
+
+/// Defines Python functions in the session's namespace and returns a reference to `name`.
+fn python_function(raw: &mut Raw, code: &str, name: &str) -> Target {
+    raw.builtin("execute", vec![Value::Str(code.into())]).expect("the code runs");
+    match raw.builtin("eval", vec![Value::Str(name.into())]).expect("the name is defined") {
+        Value::SenderObject(d) => Target::object(d.id),
+        other => panic!("a function travels by reference, got {other:?}"),
+    }
+}
+
+fn call(raw: &mut Raw, target: &Target, args: Vec<Value>) -> Outcome {
+    raw.call(Request::Call { target: target.clone(), args, kwargs: vec![] })
+}
+
+/// With the Python backends: Python code calls a client object (a callback),
+/// from the serving thread and from a thread it starts, nested calls
+/// included, and the server gives the client's reference back.
+fn python_calls_client_objects(c: Case) {
+    let server = TestServer::start_on(c.transport, c.backend.evaluator());
+    let mut raw = Raw::connect(&server);
+    let code = "import threading\n\
+                def apply(f, x):\n    return f(x) * 10\n\
+                def apply_in_thread(f, x):\n    out = []\n    t = threading.Thread(target=lambda: out.append(f(x)))\n    t.start()\n    t.join()\n    return out[0]\n";
+    let apply = python_function(&mut raw, code, "apply");
+    let apply_in_thread = python_function(&mut raw, code, "apply_in_thread");
+    assert_eq!(call(&mut raw, &apply, vec![client_object(ADD_ONE), Value::Int(4)]), Ok(Value::Int(50)));
+    assert_eq!(call(&mut raw, &apply_in_thread, vec![client_object(ADD_ONE), Value::Int(6)]), Ok(Value::Int(7)));
+    // The callback's exception is raised in Python as the builtin type.
+    let err = call(&mut raw, &apply, vec![client_object(FAIL), Value::Int(0)]).unwrap_err();
+    assert_eq!(err.qualified_type(), "builtins.ValueError", "{err}");
+    assert!(err.message.contains("the callback failed"), "{err}");
+    // Nested: while Python waits for the callback, the client calls the server.
+    let got = call(&mut raw, &apply, vec![client_object(ECHO_VIA_PYTHON), Value::Int(2)]);
+    assert_eq!(got, Ok(Value::Int(30)));
+    assert_eq!(raw.served, 4);
+    // Every client reference the server received was given back (the
+    // releases travel ahead of a reply; one more round trip flushes them all).
+    raw.builtin("eval", vec![Value::Str("None".into())]).unwrap();
+    let mut given_back: Vec<_> = raw.releases.iter().map(|r| (r.id, r.count)).collect();
+    given_back.sort();
+    let total = |id| given_back.iter().filter(|(i, _)| *i == id).map(|(_, n)| *n).sum::<u32>();
+    assert_eq!((total(ADD_ONE), total(FAIL), total(ECHO_VIA_PYTHON)), (2, 1, 1), "{given_back:?}");
+}
+
+per_case!(setattr_works_by_default_on_python, python_calls_client_objects);
