@@ -28,8 +28,9 @@ const BOUND: Duration = Duration::from_secs(20);
 /// - `echo(*args)` → the args as a tuple (no callback);
 /// - `call(ref, *args)` → `ref(*args)` on the client;
 /// - `call_from_thread(ref, *args)` → the same, from a thread it starts;
-/// - `call_and_report(ref, *args)` → the same, and any error is also sent on
+/// - `call_and_report(ref, *args)` → `call`, and any error is also sent on
 ///   the evaluator's channel (the test reads it after closing the connection);
+///   `call_and_report_from_thread` the same from a thread it starts;
 /// - `release(id, count, ...)` → gives those client references back.
 ///
 /// SetAttr and DelAttr succeed (returning None) when they get here.
@@ -91,8 +92,13 @@ impl EvalSession for CallbackSession {
                 .join()
                 .expect("the callback thread")
             }
-            "call_and_report" => {
-                let outcome = call_back(&*self.callbacks, args);
+            "call_and_report" | "call_and_report_from_thread" => {
+                let outcome = if name == "call_and_report" {
+                    call_back(&*self.callbacks, args)
+                } else {
+                    let callbacks = self.callbacks.clone();
+                    std::thread::spawn(move || call_back(&*callbacks, args)).join().expect("the callback thread")
+                };
                 if let Err(e) = &outcome {
                     let _ = self.errors.send(e.clone());
                 }
@@ -292,13 +298,20 @@ fn a_lost_connection_fails_the_waiting_callback_and_the_server_serves_others(t: 
     let (server, errors) = callback_server(t);
     let mut other = Raw::connect(&server);
     let mut raw = Raw::connect(&server);
-    raw.send(Request::Builtin { name: "call_and_report".into(), args: vec![client_object(ADD_ONE), Value::Int(1)] });
-    // The callback arrives; instead of answering, the client goes away.
-    let Incoming::Request { op: Request::Call { .. }, .. } = raw.next() else { panic!("expected the callback request") };
+    // Three evaluations wait for callbacks at once (one from a thread of its own).
+    for name in ["call_and_report", "call_and_report", "call_and_report_from_thread"] {
+        raw.send(Request::Builtin { name: name.into(), args: vec![client_object(ADD_ONE), Value::Int(1)] });
+    }
+    // The callbacks arrive; instead of answering, the client goes away.
+    for _ in 0..3 {
+        let Incoming::Request { op: Request::Call { .. }, .. } = raw.next() else { panic!("expected a callback request") };
+    }
     raw.conn.shutdown();
     drop(raw);
-    let err = errors.recv_timeout(BOUND).expect("the waiting evaluation fails within the bound");
-    assert_eq!(err.qualified_type(), "farcall.ConnectionLost", "{err}");
+    for _ in 0..3 {
+        let err = errors.recv_timeout(BOUND).expect("every waiting evaluation fails within the bound");
+        assert_eq!(err.qualified_type(), "farcall.ConnectionLost", "{err}");
+    }
     // The other client is still served, callbacks included.
     assert_eq!(other.builtin("call", vec![client_object(ADD_ONE), Value::Int(9)]), Ok(Value::Int(10)));
     let mut late = Raw::connect(&server);
@@ -371,7 +384,6 @@ fn setattr_works_by_default_on_python(c: Case) {
     ns.delattr("answer").unwrap();
     assert!(ns.getattr("answer").is_err());
 }
-
 
 // ---------------------------------------------------------------- real Python
 
