@@ -23,8 +23,15 @@ pub trait Handler: Send + Sync {
     fn handle(&self, client: &Client, op: Request) -> Result<Remote, RemoteException>;
 
     /// The server gives back `count` sendings of each `id` (it dropped its
-    /// proxies). Called with no lock of the client held; must not block.
+    /// proxies). Called with no lock of the client held, possibly on the
+    /// client's internal reader thread: must not block.
     fn release(&self, refs: &[Release]);
+
+    /// The handler as `Any`, for [`Client::handler`] users that need their
+    /// concrete type back (`None` by default).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The signature of a Rust function exported with [`FnHandler::export`]:
@@ -153,6 +160,10 @@ impl Handler for FnHandler {
                 format!("{} is not supported on Rust functions exported by the client", other.name()),
             )),
         }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn release(&self, refs: &[Release]) {

@@ -284,6 +284,19 @@ impl Client {
         *self.shared.handler.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);
     }
 
+    /// The installed handler, if any.
+    pub fn handler(&self) -> Option<Arc<dyn Handler>> {
+        self.shared.handler()
+    }
+
+    /// A handle on the server object `target` designates, when this client
+    /// still holds one for its id (a [`Handler`] returning the server's own
+    /// object by its target).
+    pub fn object_for(&self, target: &farcall_core::Target) -> Option<RemoteObject> {
+        let inner = lock(&self.shared.imports).live.get(&target.id).and_then(Weak::upgrade)?;
+        Some(RemoteObject { client: self.clone(), inner, path: Arc::from(target.path.clone()) })
+    }
+
     /// Removes the handler, if any.
     pub fn clear_handler(&self) {
         self.shared.handler.write().unwrap_or_else(|p| p.into_inner()).take();
