@@ -9,5 +9,6 @@ mod abuse;
 mod callbacks;
 mod embedded_python;
 mod network;
+mod rust_client;
 mod secure;
 mod seed_example;
