@@ -93,6 +93,16 @@ fn _register(
     if let Ok(package) = py.import("farcall") {
         package.setattr("_semantics", sem.module.bind(py))?;
     }
+    // A proxy sent back by a callback goes home as the server's own object
+    // (`_semantics.Session.box` asks `_farcall_home`), unless the package
+    // defines that itself.
+    let proxy_class = HOOKS.get(py).map(|h| h.proxy_class.bind(py).clone());
+    if let Some(cls) = proxy_class {
+        if !cls.getattr("__dict__")?.contains("_farcall_home")? {
+            let home = py.eval(c"lambda self, session: self._farcall_handle.home(session)", None, None)?;
+            cls.setattr("_farcall_home", home)?;
+        }
+    }
     Ok(())
 }
 
@@ -240,19 +250,24 @@ fn key_segment(key: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// The connection's local state, for conversions that need it.
+/// The connection's local state, for conversions that need it (looked up
+/// on first use: plain values never need it).
 struct Ctx<'a> {
     client: &'a Client,
-    local: Option<Arc<Local>>,
+    local: std::cell::OnceCell<Option<Arc<Local>>>,
 }
 
 impl<'a> Ctx<'a> {
     fn new(client: &'a Client) -> Self {
-        Ctx { client, local: local_of(client) }
+        Ctx { client, local: std::cell::OnceCell::new() }
+    }
+
+    fn local_opt(&self) -> Option<&Arc<Local>> {
+        self.local.get_or_init(|| local_of(self.client)).as_ref()
     }
 
     fn local(&self) -> PyResult<&Local> {
-        self.local.as_deref().ok_or_else(|| PyTypeError::new_err("farcall: this connection has no local session"))
+        self.local_opt().map(|l| &**l).ok_or_else(|| PyTypeError::new_err("farcall: this connection has no local session"))
     }
 }
 
@@ -637,7 +652,7 @@ impl Local {
 
     /// Performs one request of the server with the session.
     fn perform(&self, py: Python<'_>, client: &Client, op: Request) -> PyResult<Remote> {
-        let ctx = Ctx { client, local: local_of(client) };
+        let ctx = Ctx::new(client);
         let sem = semantics(py)?;
         let target = |t: Target| sem.target.call1(py, (t.id, PyTuple::new(py, t.path)?));
         let field = |v: Value| -> PyResult<Py<PyAny>> {
@@ -729,7 +744,7 @@ fn run(py: Python<'_>, client: &Client, f: impl FnOnce() -> Result<Remote, Clien
     };
     // After the reply is converted: the server may release an object of
     // ours ahead of the reply that names it.
-    if let Some(local) = &ctx.local {
+    if let Some(local) = ctx.local_opt() {
         local.apply_releases(py);
     }
     converted
