@@ -11,21 +11,7 @@
 """
 
 from . import _native
-
-try:
-    from . import _semantics  # created by _native from the embedded farcall_semantics.py
-except ImportError:  # TRANSITIONAL: a native module built before it carried the semantics
-    import importlib.util as _util
-    import os as _os
-    import sys as _sys
-
-    _spec = _util.spec_from_file_location(
-        "farcall._semantics",
-        _os.path.join(_os.path.dirname(__file__), "..", "..", "backends", "python", "farcall_semantics.py"),
-    )
-    _semantics = _util.module_from_spec(_spec)
-    _sys.modules["farcall._semantics"] = _semantics
-    _spec.loader.exec_module(_semantics)
+from . import _semantics  # created by _native from the embedded farcall_semantics.py
 from ._connection import Connection, Modules, connect
 from ._errors import (
     ConnectError,

@@ -112,6 +112,7 @@ _CLIENT_ERRORS = {
     "handshake": HandshakeError,
     "lost": ConnectionLost,
     "protocol": ProtocolError,
+    "timeout": TimeoutError,
 }
 
 

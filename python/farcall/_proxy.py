@@ -60,13 +60,10 @@ class Proxy(_ProxyBase):
         return self._farcall_handle.str()
 
     def _farcall_home(self, session: Any) -> Any:
-        """This proxy as the server's own object (a ``Target``) when ``session`` is the local session
-        of its connection, sending it back home (a callback returning or passing a proxy); else None."""
-        handle = self._farcall_handle
-        if session is not handle.connection.local_session():
-            return None
-        ref_id, path = handle.target
-        return _semantics.Target(ref_id, path)
+        """How ``session`` (a connection's local session boxing a callback's result) sends this proxy:
+        its native handle, which the native layer sends home as the server's own object, when the
+        session is its connection's; else None (a proxy of another connection is exported)."""
+        return self._farcall_handle.home(session)
 
     # -- fast paths: the most frequent operations call the handle directly ---------
 
@@ -81,9 +78,6 @@ class Proxy(_ProxyBase):
     def __delattr__(self, name: str) -> None:
         self._farcall_handle.delattr(name)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._farcall_handle.call(args, kwargs or None)
-
     def __repr__(self) -> str:
         try:
             return self._farcall_handle.repr()
@@ -95,8 +89,23 @@ class Proxy(_ProxyBase):
 
 
 
+class _CallableProxy(Proxy):
+    """A proxy of a remote function, class or other callable (``callable()`` tells them apart
+    where ``ProxyBase`` leaves calls to its subclasses)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._farcall_handle.call(args, kwargs or None)
+
+
+_CALLABLE_HINTS = frozenset(("callable", "class"))
+
+
 def make_proxy(handle: _native.Handle) -> Proxy:
     """Wraps a native handle (called by the native module)."""
+    if handle.hint in _CALLABLE_HINTS:
+        return _CallableProxy(handle)
     return Proxy(handle)
 
 

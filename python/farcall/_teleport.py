@@ -50,15 +50,18 @@ def teleport(client: _native.Client, func: Callable[..., Any], method: str = "au
                 try:
                     return client.builtin("teleport", ("pickle", payload))
                 except TeleportError as e:
-                    reason = str(e)
+                    reason = f"{e} (this client pickles with cloudpickle {_cloudpickle_version()})"
                 except RemoteError as e:  # an unpickling failure on the server: never let it through as is
-                    reason = f"the server could not unpickle it ({e.remote_type}: {e.remote_message})"
+                    reason = (
+                        f"the server could not unpickle it ({e.remote_type}: {e.remote_message};"
+                        f" this client pickles with cloudpickle {_cloudpickle_version()})"
+                    )
         if method == "pickle":
             raise TeleportError(f"cannot teleport {name} with cloudpickle: {reason}")
         why_not.append(reason)
 
     try:
-        source_payload = _semantics.teleport_payload(func)
+        source_payload = _semantics.teleport_payload(func, session=client.local_session())
     except Exception as e:
         why_not.append(f"its source cannot be shipped ({_reason(e)})")
         raise TeleportError(f"cannot teleport {name}: " + "; ".join(why_not)) from None
@@ -99,6 +102,12 @@ def _pickle_unusable(client: _native.Client) -> Optional[str]:
     if ".".join(theirs.split(".")[:2]) != ours:
         return f"the server runs Python {theirs or '(unknown)'} and this client {ours} (pickled code needs the same minor version)"
     return None
+
+
+def _cloudpickle_version() -> str:
+    import cloudpickle
+
+    return str(getattr(cloudpickle, "__version__", "?"))
 
 
 def _library_paths() -> List[str]:
