@@ -651,7 +651,14 @@ impl Local {
     }
 
     /// Performs one request of the server with the session.
-    fn perform(&self, py: Python<'_>, client: &Client, op: Request) -> PyResult<Remote> {
+    fn perform(&self, py: Python<'_>, client: &Client, op: Request) -> Result<Remote, RemoteException> {
+        if let Some(refused) = refused_to_the_server(&op) {
+            return Err(RemoteException::policy(refused));
+        }
+        self.perform_allowed(py, client, op).map_err(|e| describe(py, e))
+    }
+
+    fn perform_allowed(&self, py: Python<'_>, client: &Client, op: Request) -> PyResult<Remote> {
         let ctx = Ctx::new(client);
         let sem = semantics(py)?;
         let target = |t: Target| sem.target.call1(py, (t.id, PyTuple::new(py, t.path)?));
@@ -689,6 +696,22 @@ impl Local {
     }
 }
 
+/// Why the client refuses a request of the server, if it does: the server
+/// works on the objects the client handed it (callbacks), it does not import
+/// modules or run code of its own choosing in the client.
+fn refused_to_the_server(op: &Request) -> Option<String> {
+    const CODE: [&str; 4] = ["eval", "execute", "namespace", "teleport"];
+    match op {
+        Request::GetModule { name } => {
+            Some(format!("the client does not let the server import modules (GetModule {name:?}): pass the objects it needs as arguments"))
+        }
+        Request::Builtin { name, .. } if CODE.contains(&name.as_str()) => {
+            Some(format!("the client does not let the server run code in it (Builtin {name:?}): pass a function as an argument"))
+        }
+        _ => None,
+    }
+}
+
 /// Describes a Python exception for the server.
 fn describe(py: Python<'_>, e: PyErr) -> RemoteException {
     let text = e.to_string();
@@ -714,7 +737,7 @@ impl Handler for PyHandler {
     fn handle(&self, client: &Client, op: Request) -> Result<Remote, RemoteException> {
         Python::attach(|py| {
             self.local.apply_releases(py);
-            self.local.perform(py, client, op).map_err(|e| describe(py, e))
+            self.local.perform(py, client, op)
         })
     }
 
