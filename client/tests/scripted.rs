@@ -299,3 +299,49 @@ fn to_value(r: Remote) -> Value {
         other => panic!("not a client object: {other:?}"),
     }
 }
+
+/// Many threads, with and without deadlines, each get their own reply while
+/// the server answers out of order (the helper reader and the waiting
+/// threads hand the reading role over correctly).
+#[test]
+fn concurrent_timed_and_untimed_requests_get_their_own_replies() {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 40;
+    let (client, server) = scripted(Options::default(), |peer| {
+        let mut held: Vec<(u64, String)> = Vec::new();
+        let mut done = 0;
+        while done < THREADS {
+            let (id, op) = peer.expect_request();
+            let Request::GetModule { name } = op else { panic!("{op:?}") };
+            held.push((id, name));
+            // Answer in reverse order, three at a time, or when every thread
+            // still at work waits for a held reply.
+            if held.len() == 3 || held.len() as u64 == THREADS - done {
+                for (id, name) in held.drain(..).rev() {
+                    if name.ends_with(&format!("-{}", EACH - 1)) {
+                        done += 1;
+                    }
+                    peer.reply(id, Ok(Value::Str(name)));
+                }
+            }
+        }
+    });
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let name = format!("{t}-{i}");
+                    let op = Request::GetModule { name: name.clone() };
+                    let got =
+                        if (t + i) % 2 == 0 { client.request_with_timeout(op, Some(Duration::from_secs(60))) } else { client.request(op) };
+                    assert_eq!(got.unwrap().extract::<String>().unwrap(), name);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    server.join().unwrap();
+}
