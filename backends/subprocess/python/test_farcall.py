@@ -213,6 +213,80 @@ class CodecTest(unittest.TestCase):
         self.assertEqual((caught.exception.request_id, caught.exception.op), (5, 99))
 
 
+class PeerTest(unittest.TestCase):
+    """The worker's side of callbacks, over real pipes: requests up, replies
+    delivered to the waiting thread by the reading one, releases queued."""
+
+    def setUp(self):
+        self.to_worker_r, self.to_worker_w = os.pipe()
+        self.from_worker_r, self.from_worker_w = os.pipe()
+        self.worker = w.Worker(os.fdopen(self.to_worker_r, "rb"), self.from_worker_w)
+        self.out = os.fdopen(self.from_worker_r, "rb")
+
+    def tearDown(self):
+        for f in (self.out, self.worker.reader):
+            f.close()
+        for fd in (self.to_worker_w, self.from_worker_w):
+            os.close(fd)
+
+    def to_worker(self, body):
+        os.write(self.to_worker_w, struct.pack(">I", len(body)) + body)
+
+    def test_a_callback_round_trip(self):
+        peer = self.worker.session.peer
+        got = []
+
+        def call():
+            try:
+                got.append(peer.request(sem.CALL, sem.Target(4, ["f"]), (1, sem.ListValue((2,))), (("k", 3),)))
+            except BaseException as e:
+                got.append(e)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        body = w.read_frame(self.out)
+        self.assertEqual(body, b"\x96\x00\x01\x05\x92\x04\xa1f\x92\x01\xd5\x06\x91\x02\x92\xa1k\x03")
+        # The reply arrives ahead of a request: the reading thread delivers it and returns the request.
+        self.to_worker(b"\x93\x01\x01\xc7\x06\x04\x94\x09\xa1x\x00\x90")
+        self.to_worker(request(1, sem.STATS))
+        self.assertEqual(self.worker.next_request(), (w.KIND_REQUEST, 1, sem.STATS, ()))
+        t.join(10)
+        self.assertEqual(got, [sem.Ref(9, "x")])
+
+    def test_a_callback_that_raised(self):
+        peer = self.worker.session.peer
+        got = []
+        def call():
+            try:
+                peer.request(sem.REPR, sem.Target(1))
+            except sem.PeerError as e:
+                got.append(e.data)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        self.assertEqual(w.read_frame(self.out), b"\x94\x00\x01\x06\x91\x01")
+        self.to_worker(b"\x93\x02\x01\x95\xa8builtins\xaaValueError\x91\xa1m\xa1m\xa2tb")
+        self.to_worker(request(2, sem.STATS))
+        self.worker.next_request()
+        t.join(10)
+        self.assertEqual(got[0], sem.ExceptionData("builtins", "ValueError", ("m",), "m", "tb"))
+
+    def test_replies_nobody_waits_for_are_refused(self):
+        self.to_worker(b"\x93\x01\x05\xc0")
+        with self.assertRaises(w.MalformedMessage):
+            self.worker.next_request()
+
+    def test_releases_go_ahead_of_the_next_frame(self):
+        peer = self.worker.session.peer
+        peer.release(5, 1)
+        peer.release(6, 2)
+        self.worker.send(w.encode_reply(3, None))
+        self.assertEqual(w.read_frame(self.out), b"\x95\x03\x05\x01\x06\x02")
+        self.assertEqual(w.read_frame(self.out), b"\x93\x01\x03\xc0")
+        self.worker.send(w.encode_reply(4, None))
+        self.assertEqual(w.read_frame(self.out), b"\x93\x01\x04\xc0")
+
+
 class SemanticsTest(unittest.TestCase):
     def setUp(self):
         self.s = sem.Session()
