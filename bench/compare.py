@@ -893,7 +893,11 @@ def bench_objects(targets: list[Target]) -> dict[str, dict[str, Stats | str]]:
 def print_objects_table(results: dict[str, dict[str, Stats | str]], names: list[str]) -> None:
     heads = {EMBEDDED: "embedded", SUBPROCESS_WARM: "subproc. pre 2", SUBPROCESS_COLD: "subproc. pre 0", RPYC: "RPyC"}
     columns = [n for n in names if any(n in r for r in results.values())]
-    width = 16
+    counts = []
+    for c in columns:
+        counts.append("/".join(str(len(r.samples_ns)) if isinstance(r := results[m.label].get(c), Stats) else "-"
+                               for m in OBJECT_MEASUREMENTS))
+    width = max([16] + [len(cell) + 2 for cell in counts])
     print()
     print("remote objects: farcall (tcp://) by backend against RPyC (classic server), 127.0.0.1, median of the samples")
     header = f"{'measurement':<44}" + "".join(f"{heads.get(c, c):>{width}}" for c in columns)
@@ -918,10 +922,6 @@ def print_objects_table(results: dict[str, dict[str, Stats | str]], names: list[
         if isinstance(ours, Stats) and isinstance(theirs, Stats):
             line += f"{theirs.median_s / ours.median_s:>18.1f}×"
         print(line)
-    counts = []
-    for c in columns:
-        counts.append("/".join(str(len(r.samples_ns)) if isinstance(r := results[m.label].get(c), Stats) else "-"
-                               for m in OBJECT_MEASUREMENTS))
     print(f"{'samples (per row, top to bottom)':<44}" + "".join(f"{cell:>{width}}" for cell in counts))
     ours, theirs = results[OBJECT_MEASUREMENTS[0].label].get(EMBEDDED), results[OBJECT_MEASUREMENTS[0].label].get(RPYC)
     if isinstance(ours, Stats) and isinstance(theirs, Stats):
