@@ -23,8 +23,10 @@ pub trait Handler: Send + Sync {
     fn handle(&self, client: &Client, op: Request) -> Result<Remote, RemoteException>;
 
     /// The server gives back `count` sendings of each `id` (it dropped its
-    /// proxies). Called with no lock of the client held, possibly on the
-    /// client's internal reader thread: must not block.
+    /// proxies). Called with no lock of the client held, by a thread of the
+    /// client's after the reply read with the releases has been taken (so
+    /// that a reply naming a released object still finds it); should not
+    /// block for long.
     fn release(&self, refs: &[Release]);
 
     /// The handler as `Any`, for [`Client::handler`] users that need their

@@ -183,6 +183,10 @@ struct State {
     helper: bool,
     /// The server's requests read and not yet taken by a thread to serve.
     requests: VecDeque<(RequestId, Request)>,
+    /// The server's releases of this client's objects, handed to the
+    /// handler once the reply read with them has been taken (the server may
+    /// release an object ahead of the reply that names it, ext 5).
+    local_releases: Vec<Release>,
     /// Why the connection is unusable, once it is.
     closed: Option<String>,
 }
@@ -454,8 +458,16 @@ impl Client {
     /// cancelled and [`ClientError::Timeout`] returned; the connection stays
     /// usable.
     pub fn request_with_timeout(&self, op: Request, timeout: Option<Duration>) -> Result<Remote, ClientError> {
-        let value = self.shared.call(self, op, timeout.or_else(|| self.call_timeout()))?.map_err(ClientError::Remote)?;
-        self.import(value)
+        let result = self.shared.call(self, op, timeout.or_else(|| self.call_timeout()));
+        let imported = match result {
+            Ok(Ok(value)) => self.import(value),
+            Ok(Err(e)) => Err(ClientError::Remote(e)),
+            Err(e) => Err(e),
+        };
+        // After the reply is imported: a release read ahead of it may be of
+        // an object the reply names.
+        self.shared.release_local();
+        imported
     }
 
     fn object(&self, inner: Arc<RefInner>) -> RemoteObject {
@@ -717,13 +729,12 @@ impl Shared {
         st = lock(&self.state);
         st.reading = false;
         let mut answer = None;
-        let mut released = None;
         let mut late = Vec::new();
         match received {
             Ok(body) => match st.session.receive(body) {
                 Ok(Incoming::Request { id, op }) => st.requests.push_back((id, op)),
                 Ok(Incoming::BadRequest { id, error }) => answer = Some(reply_frame(id, Err(error))),
-                Ok(Incoming::Release(refs)) => released = Some(refs),
+                Ok(Incoming::Release(refs)) => st.local_releases.extend(refs),
                 Ok(Incoming::Late { result: Ok(v), .. }) => late = sender_objects(&v),
                 Ok(Incoming::Reply(_) | Incoming::Cancel(_) | Incoming::Late { result: Err(_), .. }) => {}
                 Err(e) => {
@@ -751,16 +762,9 @@ impl Shared {
         if st.timed_waiters > 0 {
             self.helper_cond.notify_one();
         }
-        if answer.is_none() && released.is_none() {
-            return st;
-        }
+        let Some(frame) = answer else { return st };
         drop(st);
-        if let Some(refs) = released {
-            self.release_local(&refs);
-        }
-        if let Some(frame) = answer {
-            let _ = self.send_after_releases(&frame);
-        }
+        let _ = self.send_after_releases(&frame);
         lock(&self.state)
     }
 
@@ -769,9 +773,13 @@ impl Shared {
     }
 
     /// Hands the server's releases of this client's objects to the handler.
-    fn release_local(&self, refs: &[Release]) {
+    fn release_local(&self) {
+        let refs = std::mem::take(&mut lock(&self.state).local_releases);
+        if refs.is_empty() {
+            return;
+        }
         if let Some(h) = self.handler() {
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.release(refs))) {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.release(&refs))) {
                 tracing::error!("the client's handler panicked releasing objects: {}", panic_message(&panic));
             }
         }
@@ -800,6 +808,7 @@ impl Shared {
         });
         let _ = self.send_after_releases(&reply_frame(id, outcome));
         drop(keep);
+        self.release_local();
     }
 }
 
