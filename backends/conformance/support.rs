@@ -78,11 +78,16 @@ impl std::fmt::Debug for Pair {
     }
 }
 
-/// A fresh [`Pair`].
+/// A fresh [`Pair`] whose server is a session of the binary's evaluator.
 pub fn pair() -> Pair {
+    pair_with(crate::evaluator())
+}
+
+/// A fresh [`Pair`] whose server is a session of `evaluator`.
+pub fn pair_with(evaluator: &dyn Evaluator) -> Pair {
     let to_client = Arc::new(Link::default());
     let to_server = Arc::new(Link::default());
-    let server: Arc<dyn EvalSession> = Arc::from(crate::evaluator().open(&info_with(7, to_client.clone())).expect("a session opens"));
+    let server: Arc<dyn EvalSession> = Arc::from(evaluator.open(&info_with(7, to_client.clone())).expect("a session opens"));
     let client: Arc<dyn EvalSession> =
         Arc::from(crate::client_evaluator().open(&info_with(8, to_server.clone())).expect("a client session opens"));
     assert!(to_client.other.set(Arc::downgrade(&client)).is_ok());

@@ -220,3 +220,37 @@ fn sessions_of_a_dropped_evaluator_keep_working() {
     drop(e);
     still_works(&*s);
 }
+
+#[test]
+fn a_worker_ended_from_inside_a_callback_fails_the_call_that_waits() {
+    let p = crate::pair_with(evaluator());
+    // The client's callback ends the server's worker through a nested call, then returns.
+    crate::execute(
+        &*p.client,
+        "def kill(server_exit):\n    try:\n        server_exit(9)\n    except Exception as e:\n        return repr(e)\n",
+    );
+    crate::execute(&*p.server, "import os\ndef use(f):\n    return f(os._exit)\n");
+    let use_it = reference(crate::eval(&*p.server, "use").unwrap());
+    let kill = crate::eval(&*p.client, "kill").unwrap();
+    let e = crate::call_ref(&*p.server, use_it.id, vec![kill]).unwrap_err();
+    assert_died(&e, "it exited with code 9");
+    // The client called back into the server: its nested call failed, and it went on.
+    assert_eq!(p.to_server.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_call_waiting_for_a_slow_callback_still_times_out() {
+    let options = SubprocessOptions { prestart: 0, call_timeout: Some(Duration::from_millis(500)), ..Default::default() };
+    let evaluator = evaluator_with(options);
+    let p = crate::pair_with(&evaluator);
+    crate::execute(&*p.client, "import time\ndef slow():\n    time.sleep(1.0)\n    return 1\n");
+    crate::execute(&*p.server, "def use(f):\n    return f()\n");
+    let use_it = reference(crate::eval(&*p.server, "use").unwrap());
+    let started = Instant::now();
+    let e = crate::call_ref(&*p.server, use_it.id, vec![crate::eval(&*p.client, "slow").unwrap()]).unwrap_err();
+    assert_eq!(e.qualified_type(), "builtins.TimeoutError", "{e:?}");
+    // Checked once the client answered.
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    let e = crate::eval(&*p.server, "1").unwrap_err();
+    assert_died(&e, "call_timeout");
+}
