@@ -1,11 +1,14 @@
 """farcall's object semantics: the one definition of what a Python object
-becomes on the wire, how a session keeps the objects it hands out, and how an
-exception is described as data.
+becomes on the wire, how a session keeps the objects it hands out, how an
+exception is described as data, what the ``Builtin`` operations do, and how a
+proxy behaves.
 
 Every evaluator backend performs requests through this module (the subprocess
-worker imports it; an in-process host can call it the same way), so that they
-cannot drift apart. It does no I/O and needs nothing but the standard library
-(Python 3.9 or newer).
+worker imports it, the embedded backend loads it in-process) and the Python
+client performs the server's requests on its own objects (callbacks) with it,
+so that they cannot drift apart. It does no I/O and needs nothing but the
+standard library (Python 3.9 or newer). The wire protocol it serves is
+``core/PROTOCOL.md``.
 
 Boxed values
 ------------
@@ -26,7 +29,32 @@ A *boxed* value is what a Python object becomes to cross the wire:
 Values coming *in* (request fields, call arguments) are the same kinds of
 Python objects, plus :class:`Target` (an object of this session's table,
 followed by an attribute path, resolved at use time) and :class:`Ref` (an
-object of the *client*, which this version refuses).
+object of the *peer*, which becomes a :class:`PeerObject` when the session has
+a :attr:`Session.peer`, and is refused otherwise).
+
+*Copies* travel only where one was asked for (the reply of ``obtain``, the
+argument of ``deliver``, teleport payloads): :class:`ListValue`,
+:class:`DictValue` and :class:`SetValue` (ext 6, 7, 8) hold boxed items and
+become new lists, dicts and sets when received (:func:`copy_value` makes
+them). A ``slice`` of values and ``Ellipsis`` are their own boxed form (ext 9,
+10).
+
+Proxies and the peer
+--------------------
+The protocol is symmetric: each side may call the other's objects.
+:class:`ProxyBase` holds every special method of a proxy, written once over a
+few primitives; the Python client's ``farcall.Proxy`` and :class:`PeerObject`
+(this module's proxy of a peer's object, used by a server to call back into
+the client) derive from it. A host that can call its peer sets
+:attr:`Session.peer` to an object with:
+
+- ``request(op, *fields)``: sends a request (fields in boxed form, a
+  :class:`Target` for the peer's own objects), blocks for the reply and
+  returns it in received form, or raises :class:`PeerError` holding the
+  peer's :class:`ExceptionData` (:class:`FarcallError` when the connection is
+  gone);
+- ``release(ref_id, count)``: queues a release of the peer's object; never
+  blocks and does no I/O (it is called when a :class:`PeerObject` dies).
 
 Hosts
 -----
@@ -45,7 +73,8 @@ protocol:
    if it raised, ``describe(exception)``.
 
 Releases go to :meth:`Session.release`, in order before any later request;
-:meth:`Session.close` ends the session. Tracebacks leave out every frame of
+:meth:`Session.close` ends the session. Copies (:class:`ListValue`, ...) map
+to ext 6/7/8 and slices and ``Ellipsis`` to ext 9/10 both ways. Tracebacks leave out every frame of
 modules whose globals hold ``__farcall_internal__ = True`` (this module, the
 worker) and everything before them, so a host written in Python marks its
 module the same way.
@@ -717,6 +746,7 @@ class Session:
         # Reentrant: a PeerObject's weakref callback may run, through the
         # garbage collector, on a thread already holding it.
         self._peer_lock = threading.RLock()
+        self._weak_self = weakref.ref(self)
         self._lock = threading.Lock()
         self._objects = {}  # id -> [object, count, key]
         self._by_key = {}  # id(object) -> id, for objects in the table
@@ -900,7 +930,7 @@ class Session:
                     return obj
             obj = PeerObject(self, ref)
             entry = [None, 1]
-            entry[0] = weakref.ref(obj, functools.partial(_peer_object_gone, weakref.ref(self), ref_id, entry))
+            entry[0] = weakref.ref(obj, functools.partial(_peer_object_gone, self._weak_self, ref_id, entry))
             self._peers[ref_id] = entry
             return obj
 
@@ -1167,12 +1197,20 @@ def _copy_scalar_subclass(obj):
 # ----------------------------------------------------------------- builtins
 
 
+def _named(function, name):
+    """``function`` renamed ``name`` (code object included: what an arity
+    error names on every Python version)."""
+    function.__code__ = function.__code__.replace(co_name=name)
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
 # The operands of the binary operation this thread performs for the peer
 # (see _binary_entry and ProxyBase._farcall_declines).
 _operands = threading.local()
 
 
-def _binary_entry(function):
+def _binary_entry(name, function):
     """A :data:`BUILTINS` entry for a binary operator: while it runs, a proxy
     among its operands declines (``NotImplemented``) to send the same
     operation back to the peer, which would send it here again forever
@@ -1187,8 +1225,7 @@ def _binary_entry(function):
         finally:
             _operands.pair = saved
 
-    entry.__name__ = entry.__qualname__ = getattr(function, "__name__", "builtin")
-    return entry
+    return _named(entry, name)
 
 
 def _declines(proxy, other):
@@ -1201,14 +1238,13 @@ def _declines(proxy, other):
     return (a is proxy and b is other) or (a is other and b is proxy)
 
 
-def _plain_function(function):
+def _plain_function(name, function):
     """A :data:`BUILTINS` entry for a function that needs no session."""
 
     def entry(session, *args):
         return function(*args)
 
-    entry.__name__ = entry.__qualname__ = getattr(function, "__name__", "builtin")
-    return entry
+    return _named(entry, name)
 
 
 def _exception_type(module, name):
@@ -1242,6 +1278,26 @@ def _builtin_exit(session, o, exc_module=None, exc_name=None, message=None):
         ev.remote_type = "%s.%s" % (exc_module, exc_name)
         ev._farcall_origin = (str(exc_module), str(exc_name))
     return type(o).__exit__(o, et, ev, None)
+
+
+def _builtin_enter(session, o):
+    return type(o).__enter__(o)
+
+
+def _builtin_obtain(session, o):
+    return copy_value(o, "obtain")
+
+
+def _builtin_deliver(session, value):
+    return value
+
+
+def _builtin_namespace(session):
+    return session.namespace
+
+
+def _builtin_stats(session):
+    return session.stats()
 
 
 def _builtin_iterate(session, o, count):
@@ -1344,23 +1400,23 @@ _BINARY = frozenset(
 #: function called as ``function(session, *args)`` with the unboxed args,
 #: returning a Python result that :meth:`Session.builtin` boxes (``obtain``
 #: returns the boxed copy itself).
-BUILTINS = {name: (_binary_entry if name in _BINARY else _plain_function)(function) for name, function in _OPERATORS.items()}
-BUILTINS.update(
-    {
-        "dir": _builtin_dir,
-        "enter": lambda session, o: type(o).__enter__(o),
-        "exit": _builtin_exit,
-        "iterate": _builtin_iterate,
-        "obtain": lambda session, o: copy_value(o, "obtain"),
-        "deliver": lambda session, v: v,
-        "eval": _builtin_eval,
-        "execute": _builtin_execute,
-        "namespace": lambda session: session.namespace,
-        "teleport": _builtin_teleport,
-        "stats": lambda session: session.stats(),
-    }
-)
-del _OPERATORS
+BUILTINS = {name: (_binary_entry if name in _BINARY else _plain_function)(name, function) for name, function in _OPERATORS.items()}
+_SESSION_BUILTINS = {
+    "dir": _builtin_dir,
+    "enter": _builtin_enter,
+    "exit": _builtin_exit,
+    "iterate": _builtin_iterate,
+    "obtain": _builtin_obtain,
+    "deliver": _builtin_deliver,
+    "eval": _builtin_eval,
+    "execute": _builtin_execute,
+    "namespace": _builtin_namespace,
+    "teleport": _builtin_teleport,
+    "stats": _builtin_stats,
+}
+for _name, _function in _SESSION_BUILTINS.items():
+    BUILTINS[_name] = _named(_function, _name)
+del _OPERATORS, _SESSION_BUILTINS, _name, _function
 
 # Builtins whose function returns a boxed value already.
 _BOXED_RESULTS = frozenset(["obtain"])
@@ -1473,10 +1529,10 @@ def raise_remote(data):
 # ----------------------------------------------------------------- proxies
 
 
-def _iterate_batches(proxy):
-    """Iterates a proxy with ``iterate`` requests of growing batches."""
+def _iterate_batches(items, rest):
+    """Yields ``items``, then the batches of growing size that ``iterate``
+    requests on ``rest`` (the remote iterator) return."""
     count = ITERATE_FIRST
-    items, rest = proxy._farcall_builtin("iterate", proxy, count)
     while True:
         yield from items
         if rest is None:
@@ -1664,7 +1720,9 @@ class ProxyBase:
         return self._farcall_builtin("contains", self, item)
 
     def __iter__(self):
-        return _iterate_batches(self)
+        # The first batch now, so that iter() of something not iterable fails here.
+        items, rest = self._farcall_builtin("iterate", self, ITERATE_FIRST)
+        return _iterate_batches(items, rest)
 
     def __next__(self):
         try:

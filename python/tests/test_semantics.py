@@ -196,6 +196,10 @@ def test_unknown_builtin_is_a_protocol_error_naming_it(s: Any) -> None:
         b(s, "frobnicate", 1)
     with pytest.raises(sem.ProtocolError, match="takes 2 fields"):
         s.handle(sem.BUILTIN, "add")
+    with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument"):
+        b(s, "add", 1)
+    with pytest.raises(TypeError, match=r"^enter\(\) takes 2 positional arguments"):
+        b(s, "enter", 1, 2)
 
 
 def test_enter_and_exit(s: Any) -> None:
@@ -549,6 +553,8 @@ def test_iteration_is_batched() -> None:
     assert list(gen) == [1, 4, 9, 16]
     with pytest.raises(StopIteration):
         next(gen)
+    with pytest.raises(TypeError, match="not iterable"):
+        iter(remote(server, client, "object()"))
 
 
 def test_with_statement_through_a_proxy() -> None:
