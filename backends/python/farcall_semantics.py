@@ -144,7 +144,9 @@ __all__ = [
     "DictValue",
     "SetValue",
     "ProxyBase",
+    "CallableProxyBase",
     "PeerObject",
+    "CallablePeerObject",
     "Session",
     "scalar",
     "plain",
@@ -928,7 +930,7 @@ class Session:
                 if obj is not None:
                     entry[1] += 1
                     return obj
-            obj = PeerObject(self, ref)
+            obj = (CallablePeerObject if ref.flags & CALLABLE else PeerObject)(self, ref)
             entry = [None, 1]
             entry[0] = weakref.ref(obj, functools.partial(_peer_object_gone, self._weak_self, ref_id, entry))
             self._peers[ref_id] = entry
@@ -1549,7 +1551,10 @@ class ProxyBase:
       owner, the proxy itself among ``args`` where it is an operand;
     - ``_farcall_getattr(name)``, ``_farcall_setattr(name, value)``,
       ``_farcall_delattr(name)``;
-    - ``_farcall_call(args, kwargs)`` (``args`` a tuple, ``kwargs`` a dict);
+    - ``_farcall_call(args, kwargs)`` (``args`` a tuple, ``kwargs`` a dict),
+      which ``__call__`` uses: ``ProxyBase`` has no ``__call__``, so that
+      ``callable(proxy)`` is honest; a subclass for proxies of callables
+      adds it (:class:`CallableProxyBase`, or its own);
     - ``_farcall_repr()`` and ``_farcall_str()``;
     - optionally ``_farcall_home(session)``: the boxed form of this proxy
       when ``session`` sends it back to its owner (a :class:`Target`), or
@@ -1583,9 +1588,6 @@ class ProxyBase:
             object.__delattr__(self, name)
         else:
             self._farcall_delattr(name)
-
-    def __call__(self, *args, **kwargs):
-        return self._farcall_call(args, kwargs)
 
     def __repr__(self):
         return self._farcall_repr()
@@ -1761,6 +1763,16 @@ class ProxyBase:
         return self._farcall_builtin("issubclass", subclass, self)
 
 
+class CallableProxyBase(ProxyBase):
+    """:class:`ProxyBase` of a callable (a function, a class...): calling the
+    proxy calls the object."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._farcall_call(args, kwargs)
+
+
 def _binary_methods(name):
     def forward(self, other):
         if _declines(self, other):
@@ -1845,6 +1857,16 @@ class PeerObject(ProxyBase):
             return self._farcall_repr()
         except Exception as e:
             return "<farcall.PeerObject of the peer's %s (%s)>" % (self._farcall_ref.type_name, type(e).__name__)
+
+
+class CallablePeerObject(PeerObject):
+    """The :class:`PeerObject` of a callable of the peer (its :class:`Ref`
+    has the :data:`CALLABLE` flag): calling it calls the peer's object."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._farcall_call(args, kwargs)
 
 
 # ----------------------------------------------------------------- teleport

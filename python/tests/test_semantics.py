@@ -535,6 +535,17 @@ def test_proxy_containers_items_iteration() -> None:
     assert "append" in dir(lst)
 
 
+def test_callable_is_honest() -> None:
+    server, client = pair()
+    assert callable(remote(server, client, "len")) and callable(remote(server, client, "dict"))
+    assert isinstance(remote(server, client, "len"), sem.CallablePeerObject)
+    not_callable = remote(server, client, "[]")
+    assert not callable(not_callable) and isinstance(not_callable, sem.PeerObject)
+    with pytest.raises(TypeError):
+        not_callable()
+    assert "__call__" not in vars(sem.ProxyBase) and "__call__" in vars(sem.CallableProxyBase)
+
+
 def test_iteration_is_batched() -> None:
     server, client = pair()
     r = remote(server, client, "range(100000)")
