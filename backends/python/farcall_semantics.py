@@ -854,6 +854,8 @@ class Session:
         t = type(obj)
         if depth < MAX_DEPTH:
             if t is tuple:
+                if len(obj) > 8 and set(map(type, obj)) <= _SIMPLE:
+                    return obj  # a long tuple of plain scalars (a batch of items), checked in C
                 return tuple([self.box(item, depth + 1) for item in obj])
             if t is frozenset:
                 v = plain(obj, depth)
@@ -884,6 +886,8 @@ class Session:
         if depth >= MAX_INPUT_DEPTH:
             raise ProtocolError("values nested deeper than %d levels" % MAX_INPUT_DEPTH)
         if t is tuple:
+            if len(value) > 8 and set(map(type, value)) <= _RECEIVED_AS_IS:
+                return value
             return tuple([self.unbox(item, depth + 1) for item in value])
         if t is Target:
             return self.resolve(value)
@@ -894,6 +898,8 @@ class Session:
         if t is frozenset:
             return frozenset([self.unbox(item, depth + 1) for item in value])
         if t is ListValue:
+            if set(map(type, value)) <= _RECEIVED_AS_IS:
+                return list(value)
             return [self.unbox(item, depth + 1) for item in value]
         if t is DictValue:
             d = {}
