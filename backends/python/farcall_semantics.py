@@ -1942,20 +1942,28 @@ def _teleport_source(payload, depth=0):
     for global_name, sub in mapping("functions").items():
         namespace[global_name] = _teleport_source(sub, depth + 1)
 
+    import __future__
     import ast
     import textwrap
 
     text = textwrap.dedent(source)
     filename = "<teleported %s>" % name
+    # Annotations stay unevaluated strings: the types they name may exist only on the sender.
+    flags = __future__.annotations.compiler_flag
     try:
-        tree = compile(text, filename, "exec", ast.PyCF_ONLY_AST)
+        tree = compile(text, filename, "exec", ast.PyCF_ONLY_AST | flags, dont_inherit=True)
         if name == "<lambda>":
             lambdas = _outer_lambdas(tree)
             if len(lambdas) != 1:
                 raise TeleportError("the source sent for a lambda holds %d lambdas, not one: %r" % (len(lambdas), source[:200]))
-            code = compile(ast.Expression(body=lambdas[0]), filename, "eval")
+            _neutral_defaults(lambdas[0], payload)
+            code = compile(ast.fix_missing_locations(ast.Expression(body=lambdas[0])), filename, "eval", flags, dont_inherit=True)
         else:
-            code = compile(tree, filename, "exec")
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                    _neutral_defaults(node, payload)
+                    break
+            code = compile(ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True)
     except TeleportError:
         raise
     except Exception as e:
@@ -1986,6 +1994,19 @@ def _teleport_source(payload, depth=0):
         if isinstance(alias, str):
             namespace[alias] = function
     return function
+
+
+def _neutral_defaults(node, payload):
+    """Replaces the default expressions of a function's ast by ``None`` when
+    the payload brings the defaults as values: they would be evaluated when
+    the source runs, in a namespace that may lack what they name."""
+    import ast
+
+    args = node.args
+    if payload.get("defaults") is not None:
+        args.defaults = [ast.copy_location(ast.Constant(None), d) for d in args.defaults]
+    if payload.get("kwdefaults") is not None:
+        args.kw_defaults = [None if d is None else ast.copy_location(ast.Constant(None), d) for d in args.kw_defaults]
 
 
 def _import_attribute(name, global_name, where):

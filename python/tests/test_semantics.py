@@ -706,6 +706,17 @@ def decorated(x):  # noqa: ANN001, ANN201
     return x + 1
 
 
+class LocalOnly:
+    pass
+
+
+_SENTINEL = LocalOnly()
+
+
+def annotated(x: LocalOnly, y: int = 3, *, z: "LocalOnly | None" = _SENTINEL) -> LocalOnly:  # type: ignore[assignment]
+    return (x, y, z is None)  # type: ignore[return-value]
+
+
 def teleported(server: Any, func: Any) -> Any:
     payload = sem.teleport_payload(func)
     ref = server.handle(sem.BUILTIN, "teleport", ("source", payload))
@@ -824,6 +835,19 @@ def test_teleported_function_through_a_wired_session() -> None:
         sem.teleport_payload(append)
     g = client.unbox(server.handle(sem.BUILTIN, "teleport", ("source", sem.teleport_payload(append, client))))
     assert g(5) == 1 and list(server_list) == [5]
+
+
+def test_teleport_annotations_and_default_expressions_are_not_evaluated_there() -> None:
+    # LocalOnly is not importable on "the server" (a user module): annotations and
+    # the default expression naming it must not be evaluated when the source runs.
+    with pytest.raises(sem.TeleportError, match="kwdefaults|default value"):
+        sem.teleport_payload(annotated)  # the default _SENTINEL cannot be copied
+    annotated.__kwdefaults__ = {"z": None}
+    try:
+        f = teleported(sem.Session(), annotated)
+        assert f(1) == (1, 3, True) and f.__annotations__["x"] == "LocalOnly"
+    finally:
+        annotated.__kwdefaults__ = {"z": _SENTINEL}
 
 
 def test_teleport_imported_functions_by_name() -> None:
