@@ -1760,7 +1760,9 @@ class ProxyBase:
                 message = str(exc)
             except Exception:
                 message = "<unprintable %s>" % name
-        return self._farcall_builtin("exit", self, module if isinstance(module, str) else None, name if isinstance(name, str) else "?", message)
+        module = module if isinstance(module, str) else None
+        name = name if isinstance(name, str) else "?"
+        return self._farcall_builtin("exit", self, module, name, message)
 
     def __instancecheck__(self, instance):
         return self._farcall_builtin("isinstance", instance, self)
@@ -1898,7 +1900,9 @@ def _teleport_pickle(payload):
     try:
         function = pickle.loads(payload)
     except Exception as e:
-        raise TeleportError("the pickled function cannot be loaded on the server (%s): %s: %s" % (_python_here(), type(e).__name__, e)) from None
+        raise TeleportError(
+            "the pickled function cannot be loaded on the server (%s): %s: %s" % (_python_here(), type(e).__name__, e)
+        ) from None
     if not callable(function):
         raise TeleportError("the pickled payload is a %s, not a function" % type_name(function))
     return function
@@ -1967,7 +1971,9 @@ def _teleport_source(payload, depth=0):
     except TeleportError:
         raise
     except Exception as e:
-        raise TeleportError("the source of %s does not compile on the server (%s): %s: %s" % (name, _python_here(), type(e).__name__, e)) from None
+        raise TeleportError(
+            "the source of %s does not compile on the server (%s): %s: %s" % (name, _python_here(), type(e).__name__, e)
+        ) from None
     try:
         if name == "<lambda>":
             function = eval(code, namespace)
@@ -2072,9 +2078,15 @@ def teleport_payload(func, session=None):
 
 def _payload(func, building, session=None):
     code = func.__code__
-    label = "%s (%s)" % (func.__qualname__, code.co_filename) if code.co_name != "<lambda>" else "the lambda at %s:%d" % (code.co_filename, code.co_firstlineno)
+    if code.co_name == "<lambda>":
+        label = "the lambda at %s:%d" % (code.co_filename, code.co_firstlineno)
+    else:
+        label = "%s (%s)" % (func.__qualname__, code.co_filename)
     if func in building:
-        raise TeleportError("%s and %s call each other; source teleport cannot ship mutually recursive functions (use cloudpickle)" % (label, building[-1].__qualname__))
+        raise TeleportError(
+            "%s and %s call each other; source teleport cannot ship mutually recursive functions (use cloudpickle)"
+            % (label, building[-1].__qualname__)
+        )
     building.append(func)
     try:
         source = _function_source(func, label)
@@ -2106,7 +2118,8 @@ def _payload(func, building, session=None):
                     values[global_name] = copy_value(value, "teleport")
                 except TypeError as e:
                     raise TeleportError(
-                        "%s uses the %s %r, a %s, which cannot be copied to the server (%s)" % (label, kind, global_name, type_name(value), e)
+                        "%s uses the %s %r, a %s, which cannot be copied to the server (%s)"
+                        % (label, kind, global_name, type_name(value), e)
                     ) from None
 
         function_globals = func.__globals__

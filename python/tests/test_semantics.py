@@ -394,7 +394,14 @@ def test_callback_from_another_thread_on_the_server() -> None:
     server.handle(
         sem.BUILTIN,
         "execute",
-        ("import threading\ndef in_thread(f):\n    out = []\n    t = threading.Thread(target=lambda: out.append(f(2)))\n    t.start(); t.join()\n    return out[0]\n",),
+        (
+            "import threading\n"
+            "def in_thread(f):\n"
+            "    out = []\n"
+            "    t = threading.Thread(target=lambda: out.append(f(2)))\n"
+            "    t.start(); t.join()\n"
+            "    return out[0]\n",
+        ),
     )
     in_thread = remote(server, client, "in_thread")
     assert in_thread(lambda v: v * 21) == 42
@@ -803,6 +810,28 @@ def test_teleport_refuses_clearly() -> None:
         server.handle(sem.BUILTIN, "teleport", ("marshal", b""))
     with pytest.raises(sem.TeleportError, match="must be bytes"):
         server.handle(sem.BUILTIN, "teleport", ("pickle", "text"))
+
+
+def ping(n):  # noqa: ANN001, ANN201
+    return 0 if n == 0 else pong(n - 1)
+
+
+def pong(n):  # noqa: ANN001, ANN201
+    return ping(n)
+
+
+def test_teleport_refuses_what_source_cannot_carry() -> None:
+    with pytest.raises(sem.TeleportError, match="call each other; source teleport cannot ship mutually recursive functions"):
+        sem.teleport_payload(ping)
+    total = 0
+
+    def accumulate(x):  # noqa: ANN001, ANN202
+        nonlocal total
+        total += x
+        return total
+
+    with pytest.raises(sem.TeleportError, match="does not compile on the server .*nonlocal"):
+        teleported(sem.Session(), accumulate)
 
 
 def test_teleport_pickle() -> None:
