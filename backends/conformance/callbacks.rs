@@ -104,8 +104,10 @@ fn a_callback_that_raises() {
     execute(&*p.client, "class Custom(Exception):\n    pass\ndef custom():\n    raise Custom('mine')\n");
     let call0 = server_function(&p, "def call0(f):\n    return f()\n", "call0");
     let e = call_ref(&*p.server, call0, vec![client_object(&p, "custom")]).unwrap_err();
-    assert_eq!(e.type_module, "farcall", "{e:?}");
-    assert!(format!("{}{}", e.message, e.traceback).contains("mine"), "{e:?}");
+    // Described with the client's type name, raised on the server as a farcall.RemoteError.
+    assert_eq!(e.type_name, "Custom", "{e:?}");
+    assert!(e.traceback.contains("farcall.RemoteError"), "{e:?}");
+    assert!(format!("{}{}", e.message, e.traceback).contains("in custom"), "{e:?}");
 }
 
 #[test]
@@ -156,7 +158,9 @@ fn without_a_client_a_callback_is_an_error() {
     let s = &*s;
     execute(s, "def use(f):\n    return f()\n");
     let use_it = reference(eval(s, "use").unwrap());
-    let e = call_ref(s, use_it.id, vec![Value::SenderObject(farcall_core::RefDesc::new(3, "client.fn"))]).unwrap_err();
+    let mut function = farcall_core::RefDesc::new(3, "client.fn");
+    function.flags = farcall_core::flags::CALLABLE;
+    let e = call_ref(s, use_it.id, vec![Value::SenderObject(function)]).unwrap_err();
     assert_eq!(e.type_module, "farcall", "{e:?}");
 }
 
