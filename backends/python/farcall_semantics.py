@@ -1932,7 +1932,9 @@ def _teleport_source(payload, depth=0):
 
     namespace = {"__builtins__": builtins, "__name__": "__farcall_teleport__"}
     namespace.update(mapping("globals"))
-    namespace.update(mapping("closure"))
+    closure = mapping("closure")
+    if not all(_is_identifier(k) for k in closure):
+        raise TeleportError("the closure variables of %s are not all identifiers" % name)
     for global_name, module_name in mapping("modules").items():
         try:
             namespace[global_name] = importlib.import_module(module_name)
@@ -1961,13 +1963,26 @@ def _teleport_source(payload, depth=0):
             if len(lambdas) != 1:
                 raise TeleportError("the source sent for a lambda holds %d lambdas, not one: %r" % (len(lambdas), source[:200]))
             _neutral_defaults(lambdas[0], payload)
-            code = compile(ast.fix_missing_locations(ast.Expression(body=lambdas[0])), filename, "eval", flags, dont_inherit=True)
+            body = [ast.Return(value=lambdas[0])]
         else:
             for node in ast.walk(tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
                     _neutral_defaults(node, payload)
                     break
-            code = compile(ast.fix_missing_locations(tree), filename, "exec", flags, dont_inherit=True)
+            else:
+                if not any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store) for n in ast.walk(tree)):
+                    raise TeleportError("the source sent does not define a function named %r" % name)
+            body = tree.body + [ast.Return(value=ast.Name(id=name, ctx=ast.Load()))]
+        # def __farcall_outer__(<closure variables>): <source>; return <the function>
+        # so that the closure variables are real cells again (nonlocal works).
+        arguments = ast.arguments(
+            posonlyargs=[], args=[ast.arg(arg=k) for k in closure], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]
+        )
+        outer = ast.FunctionDef(name=_OUTER, args=arguments, body=body, decorator_list=[], returns=None, type_comment=None)
+        if sys.version_info >= (3, 12):
+            outer.type_params = []
+        module = ast.Module(body=[outer], type_ignores=[])
+        code = compile(ast.fix_missing_locations(ast.copy_location(module, tree)), filename, "exec", flags, dont_inherit=True)
     except TeleportError:
         raise
     except Exception as e:
@@ -1975,11 +1990,8 @@ def _teleport_source(payload, depth=0):
             "the source of %s does not compile on the server (%s): %s: %s" % (name, _python_here(), type(e).__name__, e)
         ) from None
     try:
-        if name == "<lambda>":
-            function = eval(code, namespace)
-        else:
-            exec(code, namespace)
-            function = namespace.get(name)
+        exec(code, namespace)
+        function = namespace.pop(_OUTER)(**closure)
     except Exception as e:
         raise TeleportError("running the source of %s on the server failed: %s: %s" % (name, type(e).__name__, e)) from None
     if not callable(function):
@@ -2000,6 +2012,15 @@ def _teleport_source(payload, depth=0):
         if isinstance(alias, str):
             namespace[alias] = function
     return function
+
+
+_OUTER = "__farcall_outer__"
+
+
+def _is_identifier(name):
+    import keyword
+
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name) and name != _OUTER
 
 
 def _neutral_defaults(node, payload):

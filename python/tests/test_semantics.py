@@ -823,6 +823,12 @@ def pong(n):  # noqa: ANN001, ANN201
 def test_teleport_refuses_what_source_cannot_carry() -> None:
     with pytest.raises(sem.TeleportError, match="call each other; source teleport cannot ship mutually recursive functions"):
         sem.teleport_payload(ping)
+    bad = {"name": "f", "source": "def f(): pass\n", "closure": {"not an identifier": 1}}
+    with pytest.raises(sem.TeleportError, match="closure variables of f are not all identifiers"):
+        sem.Session().handle(sem.BUILTIN, "teleport", ("source", sem.copy_value(bad)))
+
+
+def test_teleported_closures_are_real_closures() -> None:
     total = 0
 
     def accumulate(x):  # noqa: ANN001, ANN202
@@ -830,8 +836,12 @@ def test_teleport_refuses_what_source_cannot_carry() -> None:
         total += x
         return total
 
-    with pytest.raises(sem.TeleportError, match="does not compile on the server .*nonlocal"):
-        teleported(sem.Session(), accumulate)
+    f = teleported(sem.Session(), accumulate)
+    assert (f(2), f(3)) == (2, 5) and total == 0  # its own cell, on the receiver
+    assert f.__code__.co_freevars == ("total",)
+    step = 2
+    g = teleported(sem.Session(), lambda v: v + step)
+    assert g(1) == 3 and g.__code__.co_freevars == ("step",)
 
 
 def test_teleport_pickle() -> None:
