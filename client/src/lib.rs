@@ -301,6 +301,17 @@ impl Client {
         Some(RemoteObject { client: self.clone(), inner, path: Arc::from(target.path.clone()) })
     }
 
+    /// Waits up to `timeout` (`None`: without limit) for requests of the
+    /// server (callbacks) and serves them; returns how many it served (0 when
+    /// none came in time). Requests that arrive while a thread waits for a
+    /// reply are served anyway; this is for the server calling back when no
+    /// call is in flight (a callback stored on the server, invoked later by
+    /// one of its threads): call it in a loop, or from a thread of your own.
+    /// Fails only when the connection is lost.
+    pub fn serve(&self, timeout: Option<Duration>) -> Result<usize, ClientError> {
+        self.shared.serve_requests(self, timeout)
+    }
+
     /// Removes the handler, if any.
     pub fn clear_handler(&self) {
         self.shared.handler.write().unwrap_or_else(|p| p.into_inner()).take();
@@ -701,6 +712,48 @@ impl Shared {
             st = self.read_one(st);
         };
         st.in_wait -= 1;
+        result
+    }
+
+    fn serve_requests(&self, client: &Client, timeout: Option<Duration>) -> Result<usize, ClientError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut served = 0;
+        let mut st = lock(&self.state);
+        st.in_wait += 1;
+        let result = loop {
+            if let Some((rid, op)) = st.requests.pop_front() {
+                drop(st);
+                self.serve(client, rid, op);
+                served += 1;
+                st = lock(&self.state);
+                continue;
+            }
+            if served > 0 {
+                break Ok(served);
+            }
+            if let Some(why) = st.closed.clone() {
+                break Err(ClientError::ConnectionLost(why));
+            }
+            let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                break Ok(0);
+            }
+            // Waits like a request with a deadline: the helper reads.
+            st.timed_waiters += 1;
+            st.waiters += 1;
+            if !st.reading {
+                self.wake_helper(&mut st);
+            }
+            st = match left {
+                Some(left) => self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0,
+                None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+            st.waiters -= 1;
+            st.timed_waiters -= 1;
+        };
+        st.in_wait -= 1;
+        drop(st);
+        self.release_local();
         result
     }
 

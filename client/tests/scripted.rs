@@ -345,3 +345,27 @@ fn concurrent_timed_and_untimed_requests_get_their_own_replies() {
     }
     server.join().unwrap();
 }
+
+/// The server calls back while no call is in flight: `serve` waits for the
+/// request and performs it.
+#[test]
+fn serve_performs_requests_that_come_between_calls() {
+    let (client, server) = scripted(Options::default(), |peer| {
+        let cid = peer.request(Request::Call { target: target(1), args: vec![Value::Int(8)], kwargs: vec![] });
+        assert_eq!(peer.expect_reply(cid), Ok(Value::Int(16)));
+        peer.conn.send(&[&release_frame(vec![Release { id: 1, count: 1 }])]).unwrap();
+        let (id, _) = peer.expect_request();
+        peer.reply(id, Ok(Value::None));
+    });
+    let handler = Arc::new(FnHandler::new());
+    client.set_handler(handler.clone());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _twice = doubler(&handler, calls.clone());
+    assert_eq!(client.serve(Some(Duration::from_secs(60))).unwrap(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // No request comes: a short wait serves nothing.
+    assert_eq!(client.serve(Some(Duration::from_millis(10))).unwrap(), 0);
+    client.request(Request::Stats).unwrap();
+    assert_eq!(handler.live(), 0, "the release that came meanwhile reached the handler");
+    server.join().unwrap();
+}

@@ -944,6 +944,22 @@ impl NativeClient {
         run(py, &self.client, || self.client.builtin_with_timeout(name, a, timeout))
     }
 
+    /// Waits up to `timeout` seconds (`None`: without limit) for requests of
+    /// the server (callbacks invoked while no call is in flight) and serves
+    /// them; returns how many it served (0 when none came in time).
+    #[pyo3(signature = (timeout=None))]
+    fn serve(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<usize> {
+        let timeout = match timeout {
+            Some(0.0) => Some(Duration::ZERO),
+            t => timeout_arg(t)?,
+        };
+        let served = py.detach(|| self.client.serve(timeout)).map_err(|e| to_pyerr(py, e))?;
+        if let Some(local) = local_of(&self.client) {
+            local.apply_releases(py);
+        }
+        Ok(served)
+    }
+
     /// The `farcall._semantics.Session` holding this connection's local
     /// objects (exported arguments, callbacks).
     fn local_session(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
