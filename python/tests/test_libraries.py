@@ -406,13 +406,6 @@ def test_itertools_generators_iterated_through_proxies(conn: farcall.Connection)
     assert list(perms) == []  # exhausted on the server
     assert len(list(it.permutations(tuple(range(6))))) == 720
 
-    # groupby: each group is a remote iterator valid only until the groupby moves on.
-    data = "aaabccccdd"
-    grouped = [(key, list(group)) for key, group in it.groupby(data)]
-    assert grouped == [(k, list(g)) for k, g in itertools.groupby(data)]
-    lengths = [(key, len(list(group))) for key, group in it.groupby(sorted("mississippi"))]
-    assert lengths == [("i", 4), ("m", 1), ("p", 2), ("s", 4)]
-
     # A generator defined on the server, consumed partly, then resumed.
     conn.execute("def squares(n):\n    for i in range(n):\n        yield i * i\n")
     gen = conn.eval("squares(10)")
@@ -421,6 +414,21 @@ def test_itertools_generators_iterated_through_proxies(conn: farcall.Connection)
     with pytest.raises(StopIteration):
         next(gen)
     assert sum(conn.eval("squares(1000)")) == sum(i * i for i in range(1000))
+
+
+def test_itertools_groupby_groups_read_as_the_groupby_advances(conn: farcall.Connection) -> None:
+    """Each group of a groupby is a remote iterator that is valid only until the groupby moves on
+    (then it is empty): an iteration that prefetches the groupby's items ahead of the loop body
+    would hand out emptied groups."""
+    it = conn.modules.itertools
+    data = "aaabccccdd"
+    grouped = [(key, list(group)) for key, group in it.groupby(data)]
+    assert grouped == [(k, list(g)) for k, g in itertools.groupby(data)]
+    lengths = [(key, len(list(group))) for key, group in it.groupby(sorted("mississippi"))]
+    assert lengths == [("i", 4), ("m", 1), ("p", 2), ("s", 4)]
+    words = conn.builtins.list(("apple", "avocado", "banana", "cherry", "cranberry"))
+    by_letter = {key: list(group) for key, group in it.groupby(words, key=conn.eval("lambda w: w[0]"))}
+    assert by_letter == {"a": ["apple", "avocado"], "b": ["banana"], "c": ["cherry", "cranberry"]}
 
 
 # -- a remote class --------------------------------------------------------------------
