@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 import weakref
@@ -10,6 +9,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 from . import _native, _teleport
 from ._proxy import Proxy
+from ._remote import AsyncPool
 
 
 class Modules:
@@ -67,7 +67,7 @@ class Connection:
         self.modules = Modules(native)
         self._lock = threading.Lock()
         self._namespace: Optional[Proxy] = None
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._executor: Optional[AsyncPool] = None
         with _connections_lock:
             _connections.add(self)
 
@@ -131,6 +131,12 @@ class Connection:
         """
         return _teleport.teleport(self._native, func, method)
 
+    def serve(self, timeout: Optional[float] = None) -> int:
+        """Serves the server's calls on local objects (callbacks) that come while this client makes
+        no call of its own, for up to ``timeout`` seconds (``None``: until one came); returns how
+        many it served. Not needed during a call: the thread waiting for a reply serves them."""
+        return self._native.serve(timeout)
+
     # -- the connection ---------------------------------------------------------------
 
     def close(self) -> None:
@@ -139,7 +145,7 @@ class Connection:
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False)
+            executor.shutdown()
 
     def stats(self) -> Dict[str, int]:
         """Object tables: ``live_objects`` and ``exported_total`` are this session's on the server
@@ -159,7 +165,7 @@ class Connection:
         """Sends queued releases of dropped proxies now (normally batched)."""
         self._native.flush_releases()
 
-    def _async_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _async_executor(self) -> AsyncPool:
         """The thread pool of :func:`farcall.async_` calls on this connection (made on first use)."""
         executor = self._executor
         if executor is None:
@@ -169,7 +175,7 @@ class Connection:
 
                     raise ConnectionLost("the connection is closed")
                 if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(ASYNC_WORKERS, thread_name_prefix="farcall-async")
+                    self._executor = AsyncPool(ASYNC_WORKERS)
                 executor = self._executor
         return executor
 

@@ -89,9 +89,9 @@ class Proxy(_ProxyBase):
 
 
 
-class _CallableProxy(Proxy):
-    """A proxy of a remote function, class or other callable (``callable()`` tells them apart
-    where ``ProxyBase`` leaves calls to its subclasses)."""
+class _CallableProxy(Proxy, _semantics.CallableProxyBase):
+    """A proxy of a remote function, class or other callable (the server flags them): only these
+    have ``__call__``, so ``callable()`` tells them from other proxies."""
 
     __slots__ = ()
 

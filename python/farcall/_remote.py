@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any, Callable
+import queue
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from . import _native
 from ._errors import ConnectionLost
@@ -105,3 +107,66 @@ def _native_of(conn: Any) -> _native.Client:
     if isinstance(conn, Proxy):
         return connection_of(conn)
     raise TypeError(f"expected a farcall.Connection, got {type(conn).__name__}")
+
+
+class AsyncPool:
+    """The threads that run one connection's :func:`async_` calls.
+
+    Like a ``ThreadPoolExecutor`` (threads started on demand, up to
+    ``max_workers``), but its threads are daemons: a call still waiting for
+    the server when the program ends does not keep the interpreter from
+    exiting (a ``ThreadPoolExecutor`` joins its threads at exit).
+    """
+
+    def __init__(self, max_workers: int, name: str = "farcall-async") -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._queue: "queue.SimpleQueue[Optional[Tuple[concurrent.futures.Future[Any], Callable[..., Any], Tuple[Any, ...]]]]" = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> "concurrent.futures.Future[Any]":
+        """Runs ``fn(*args)`` on a thread of the pool; its future."""
+        future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is shut down")
+            self._queue.put((future, fn, args))
+            if self._idle > 0:
+                self._idle -= 1  # a waiting thread takes it
+            elif self._threads < self._max_workers:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+        return future
+
+    def shutdown(self) -> None:
+        """Lets the threads end once the calls they run are over; calls not started yet are cancelled."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            del item
+            if self._closed:
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:
+                    future.set_exception(e)
+            del future, fn, args  # results and arguments are not kept alive by an idle thread
+            with self._lock:
+                self._idle += 1

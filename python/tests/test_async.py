@@ -95,3 +95,32 @@ def test_a_timed_out_call_is_abandoned_on_the_server(conn: farcall.Connection) -
         assert conn.eval(f"{i} * 2") == i * 2  # no reply gets mixed up with the late one
     finishes(conn.modules.time.sleep, 1.2, within=PROMPT_S)
     assert conn.eval("len(finished)") in (0, 1)
+
+
+EXIT_SCRIPT = """
+import json, sys
+import farcall
+
+conn = farcall.connect(sys.argv[1], **json.loads(sys.argv[2]))
+pending = farcall.async_(conn.modules.time.sleep)(120)
+print("started", flush=True)
+"""
+
+
+def test_a_pending_async_call_does_not_keep_the_program_from_exiting(server: Server) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    options = {k: os.fspath(v) for k, v in server.connect_kwargs.items()}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, server.url, json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "started"
+    assert time.monotonic() - started < 60

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import farcall
 import pytest
+from _support import PROMPT_S
 
 HELPERS = (
     "import threading\n"
@@ -186,3 +188,23 @@ def test_a_proxy_passed_back_is_the_server_object_not_a_callback(remote: farcall
     same = remote.eval("apply")(lambda x: x, remote_list)
     assert same == remote_list
     assert remote.eval("apply")(len, remote_list) == 1  # len runs here, on the proxy
+
+
+def test_callback_from_a_server_thread_after_the_call_returned(remote: farcall.Connection) -> None:
+    """A server thread may call back while the client makes no call: `conn.serve` performs it."""
+    remote.execute(
+        "results = []\n"
+        "def start_later(f):\n"
+        "    global worker\n"
+        "    worker = threading.Thread(target=lambda: results.append(f(5)))\n"
+        "    worker.start()\n"
+    )
+    got = []
+    remote.eval("start_later")(lambda x: got.append(x) or x * 2)
+    deadline = time.monotonic() + PROMPT_S
+    while not got and time.monotonic() < deadline:
+        remote.serve(timeout=0.2)  # (the callback may also have come while start_later was in flight)
+    assert got == [5]
+    remote.execute("worker.join(10)")
+    assert remote.eval("tuple(results)") == (10,)
+    assert remote.serve(timeout=0.05) == 0  # nothing more to serve
