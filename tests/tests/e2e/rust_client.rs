@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use farcall_client::{Client, ClientError, FnHandler, Remote, RemoteObject};
 use farcall_core::RemoteException;
-use farcall_tests::{per_case, Case};
+use farcall_tests::{per_case, Backend, Case, Transport};
 
 fn int(r: Remote) -> i64 {
     r.extract().unwrap_or_else(|e| panic!("expected an int: {e}"))
@@ -215,6 +215,34 @@ fn nested_callbacks_go_both_ways(c: Case) {
     client.flush_releases().unwrap();
 }
 
+fn the_server_calls_back_between_calls(c: Case) {
+    let server = c.server();
+    let client = server.client();
+    let handler = Arc::new(FnHandler::new());
+    client.set_handler(handler.clone());
+    let counter = Arc::new(AtomicUsize::new(0));
+    let twice = calls(&handler, counter.clone());
+    client
+        .execute("import threading\nRESULTS = []\ndef later(f, x):\n    threading.Thread(target=lambda: RESULTS.append(f(x))).start()\n")
+        .unwrap();
+    let later: RemoteObject = client.eval("later").unwrap().extract().unwrap();
+    later.call(vec![twice, 21.into()]).unwrap();
+    // The call has returned; the server's thread calls back now or soon.
+    let mut served = 0;
+    while served == 0 {
+        served = client.serve(Some(Duration::from_secs(30))).unwrap();
+        assert!(served > 0, "the server's thread did not call back within 30 s");
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 1);
+    let results: RemoteObject = client.eval("RESULTS").unwrap().extract().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while results.len().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the server's thread did not record the result");
+        std::thread::yield_now();
+    }
+    assert_eq!(int(results.getitem(0).unwrap()), 42);
+}
+
 fn a_timed_out_call_leaves_the_connection_usable(c: Case) {
     let server = c.server();
     let client = server.client();
@@ -264,3 +292,24 @@ per_case!(
     nested_callbacks_go_both_ways,
     a_timed_out_call_leaves_the_connection_usable,
 );
+
+/// A callback invoked by a server thread after the call returned.
+mod between_calls {
+    use super::*;
+
+    #[test]
+    fn embedded_tcp() {
+        the_server_calls_back_between_calls(Case { transport: Transport::Tcp, backend: Backend::Embedded });
+    }
+
+    #[test]
+    fn embedded_quic() {
+        the_server_calls_back_between_calls(Case { transport: Transport::Quic, backend: Backend::Embedded });
+    }
+
+    #[test]
+    #[ignore = "needs backend support (H2b): the subprocess worker's own threads calling back after the call returned"]
+    fn subprocess_tcp() {
+        the_server_calls_back_between_calls(Case { transport: Transport::Tcp, backend: Backend::Subprocess });
+    }
+}
