@@ -5,8 +5,10 @@ resolved on the server, globals shipped by value; each by `auto` (cloudpickle wh
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -297,3 +299,50 @@ def test_functions_typed_into_an_interpreter(server: Server) -> None:
         )
         got = _run_client(server, ["-"], "auto", stdin=failing)
         assert got[0][0] == "error" and "cloudpickle" in got[0][1], got
+
+
+# -- a server on another Python minor version -------------------------------------------------
+
+
+def other_minor_python() -> str | None:
+    """An interpreter of another Python 3 minor version than this one (3.8 or later), if the machine
+    has one: `python3.X` on the PATH, or a pyenv version."""
+    ours = sys.version_info[:2]
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(8, 20) if (3, minor) != ours]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+    for path in filter(None, candidates):
+        try:
+            done = subprocess.run(
+                [path, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+            )
+        except OSError:
+            continue
+        if done.returncode == 0:
+            version = tuple(int(part) for part in done.stdout.split())
+            if version != ours and version >= (3, 8):
+                return path
+    return None
+
+
+@pytest.mark.backends("subprocess", reason="the subprocess backend can run workers on another Python version")
+@pytest.mark.transports("tcp", reason="which Python the server runs does not depend on the transport")
+def test_a_server_on_another_python_minor_gets_the_source(start_extra_server) -> None:
+    """Pickled code only loads on the same minor version: `auto` sends the source instead, and a
+    function without source is a TeleportError naming both versions, never a bytecode error."""
+    other = other_minor_python()
+    if other is None:
+        pytest.skip("no Python of another minor version on this machine")
+    srv = start_extra_server(evaluator={"python": other})
+    with srv.connect() as conn:
+        theirs = conn.server_info["python_version"]
+        ours = "%d.%d" % sys.version_info[:2]
+        assert not theirs.startswith(ours + ".")
+        assert conn.teleport(scaled)(5) == 38
+        assert conn.teleport(make_adder(2))(1) == 3
+        assert farcall.obtain(conn.teleport(lambda x: [x] * 2)(0)) == [0, 0]
+        with pytest.raises(farcall.TeleportError) as info:
+            conn.teleport(_without_source())
+        message = str(info.value)
+        assert theirs in message and ours in message and "source" in message, message
+        with pytest.raises(farcall.TeleportError, match="minor version"):
+            conn.teleport(add, method="pickle")
