@@ -643,6 +643,7 @@ impl Local {
         if !self.has_releases.swap(false, Ordering::Acquire) {
             return;
         }
+        PENDING_RELEASES.fetch_sub(1, Ordering::Relaxed);
         let batch = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
         let pairs: Vec<(u64, u32)> = batch.into_iter().map(|r| (r.id, r.count)).collect();
         if let Err(e) = self.session.call_method1(py, "release", (pairs,)) {
@@ -728,6 +729,10 @@ fn describe(py: Python<'_>, e: PyErr) -> RemoteException {
     RemoteException { type_module: text(0), type_name: text(1), args, message: text(3), traceback: text(4) }
 }
 
+/// Connections with releases waiting for `Local::apply_releases`: plain calls
+/// skip looking for their connection's `Local` while there are none.
+static PENDING_RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Serves the server's requests with the connection's `Local`.
 struct PyHandler {
     local: Arc<Local>,
@@ -743,7 +748,9 @@ impl Handler for PyHandler {
 
     fn release(&self, refs: &[Release]) {
         self.local.releases.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(refs);
-        self.local.has_releases.store(true, Ordering::Release);
+        if !self.local.has_releases.swap(true, Ordering::Release) {
+            PENDING_RELEASES.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -767,8 +774,10 @@ fn run(py: Python<'_>, client: &Client, f: impl FnOnce() -> Result<Remote, Clien
     };
     // After the reply is converted: the server may release an object of
     // ours ahead of the reply that names it.
-    if let Some(local) = ctx.local_opt() {
-        local.apply_releases(py);
+    if PENDING_RELEASES.load(Ordering::Relaxed) > 0 {
+        if let Some(local) = ctx.local_opt() {
+            local.apply_releases(py);
+        }
     }
     converted
 }
