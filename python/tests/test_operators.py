@@ -479,3 +479,19 @@ def test_setattr_and_delattr_refused_by_policy(guarded_server: Server) -> None:
         items[0] = 5  # items are not attributes: allowed
         assert items[0] == 5
         assert conn.modules.math.pow(2, 3) == 8.0  # and the connection goes on
+
+
+def test_repr_never_raises_on_a_closed_connection(server: Server) -> None:
+    conn = server.connect()
+    items, function = conn.builtins.list((1,)), conn.modules.math.pow
+    assert repr(items) == "[1]"
+    conn.close()
+    for proxy in (items, function):
+        text = repr(proxy)
+        assert text.startswith("<farcall.Proxy of remote ") and "ConnectionLost" in text, text
+    with pytest.raises(farcall.ConnectionLost):
+        str(items)
+    with pytest.raises(farcall.ConnectionLost):
+        len(items)
+    with pytest.raises(farcall.ConnectionLost):
+        function(2, 2)
