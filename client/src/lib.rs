@@ -114,7 +114,9 @@ const HELPER_IDLE: Duration = Duration::from_secs(5);
 /// [`Shared::call_timeout`] when there is none.
 const NO_TIMEOUT: u64 = u64::MAX;
 
-/// A connection to a farcall server.
+/// A connection to a farcall server. Clones share the connection; it closes
+/// when the last clone (and the last [`RemoteObject`] of it) is dropped, or
+/// on [`Client::close`].
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
