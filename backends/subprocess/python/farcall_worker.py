@@ -881,8 +881,9 @@ class Worker:
         self.reader = reader
         self.fd_out = fd_out
         self.max_memory_mb = max_memory_mb
-        # Held by the thread reading frames.
+        # Held by the thread reading frames, whose ident is `reading_thread`.
         self.read_lock = threading.Lock()
+        self.reading_thread = None
         # Held while a frame is written.
         self.write_lock = threading.Lock()
         # Guards `idle` (threads waiting to read) and `threads` (all serving threads).
@@ -919,6 +920,10 @@ class Worker:
     def call_peer(self, op, fields):
         """Sends request ``op`` to the client and waits for its reply (see
         :meth:`Peer.request`)."""
+        if self.reading_thread == threading.get_ident():
+            # A finalizer run by a release (or the garbage collector) while
+            # this thread reads: nobody else could read the reply.
+            raise sem.FarcallError("the client cannot be called from a finalizer that runs while the worker reads its input")
         with self.calls_lock:
             self.last_call += 1
             request_id = self.last_call
@@ -984,10 +989,13 @@ class Worker:
                 with self.read_lock:
                     with self.count_lock:
                         self.idle -= 1
+                    self.reading_thread = threading.get_ident()
                     try:
                         msg = self.next_request()
                     except UnknownOperation as e:
                         msg = e
+                    finally:
+                        self.reading_thread = None
                 if msg is None:
                     os._exit(0)
                 self.keep_a_reader()
