@@ -191,3 +191,25 @@ fn many_callbacks_in_a_row() {
     assert_eq!(call_ref(&*p.server, loop_it, vec![client_object(&p, "inc"), Value::Int(2000)]).unwrap(), Value::Int(2000));
     assert!(p.to_client.requests.load(Ordering::SeqCst) >= 2000);
 }
+
+#[test]
+fn a_finalizer_run_by_a_release_does_not_call_the_client() {
+    let p = pair();
+    execute(&*p.client, "called = []\ndef f():\n    called.append(1)\n");
+    let make = server_function(
+        &p,
+        "class Notifier:\n    def __init__(self, f):\n        self.f = f\n    def __del__(self):\n        self.f()\n\
+         def make(f):\n    return Notifier(f)\n",
+        "make",
+    );
+    let notifier = reference(call_ref(&*p.server, make, vec![client_object(&p, "f")]).unwrap());
+    // Releases are applied by the thread that reads the client's messages (the
+    // server's reader, the worker's reader): the finalizer's callback is refused, not hung.
+    p.server.release(&[Release { id: notifier.id, count: 1 }]);
+    assert_eq!(eval(&*p.server, "1 + 1").unwrap(), Value::Int(2));
+    assert_eq!(eval(&*p.client, "len(called)").unwrap(), Value::Int(0));
+    // The Notifier's reference to the client function went with it.
+    let Value::SenderObject(f) = client_object(&p, "f") else { unreachable!() };
+    stats(&*p.server);
+    assert_eq!(p.to_client.released_count(f.id), 1);
+}

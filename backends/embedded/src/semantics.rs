@@ -218,6 +218,14 @@ impl Semantics {
         Ok(Target { id: obj.getattr(intern!(py, "id"))?.extract()?, path })
     }
 
+    /// A `farcall_semantics.FarcallError`.
+    pub(crate) fn farcall_error(&self, py: Python<'_>, message: String) -> PyErr {
+        match self.farcall_error.bind(py).call1((message,)) {
+            Ok(e) => PyErr::from_value(e),
+            Err(e) => e,
+        }
+    }
+
     /// A `farcall_semantics.ProtocolError`.
     pub(crate) fn protocol_error(&self, py: Python<'_>, message: String) -> PyErr {
         match self.protocol_error.bind(py).call1((message,)) {

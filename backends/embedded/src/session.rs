@@ -1,6 +1,7 @@
 //! [`EmbeddedSession`]: one client's `farcall_semantics.Session` and the
 //! requests performed on it.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -77,6 +78,25 @@ impl std::fmt::Debug for EmbeddedSession {
     }
 }
 
+thread_local! {
+    /// The thread is applying releases (or closing a session): finalizers
+    /// that run now must not call the client, whose reply this very thread
+    /// (the server's reader) would have to read.
+    static RELEASING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with [`RELEASING`] set (restored even if `f` panics).
+fn releasing<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RELEASING.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(RELEASING.with(|r| r.replace(true)));
+    f()
+}
+
 /// The session's `peer` (the host contract of `farcall_semantics`): the
 /// client, reached through the server's [`Callbacks`].
 #[pyclass(frozen, name = "EmbeddedPeer", module = "farcall_embedded")]
@@ -93,6 +113,11 @@ impl Peer {
     /// connection is gone.
     #[pyo3(signature = (op, *fields))]
     fn request<'py>(&self, py: Python<'py>, op: u8, fields: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+        if RELEASING.with(Cell::get) {
+            return Err(self
+                .semantics
+                .farcall_error(py, "the client cannot be called from a finalizer that runs while references are released".to_owned()));
+        }
         let request = self.semantics.peer_request(op, fields)?;
         let callbacks = Arc::clone(&self.callbacks);
         match py.detach(move || callbacks.request(request)) {
@@ -195,12 +220,14 @@ impl EvalSession for EmbeddedSession {
             return;
         }
         interpreter::keep_thread_state();
-        Python::attach(|py| {
-            let result =
-                PyList::new(py, refs.iter().map(|r| (r.id, r.count))).and_then(|releases| methods.release.bind(py).call1((releases,)));
-            if let Err(e) = result {
-                tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "releasing references failed");
-            }
+        releasing(|| {
+            Python::attach(|py| {
+                let result =
+                    PyList::new(py, refs.iter().map(|r| (r.id, r.count))).and_then(|releases| methods.release.bind(py).call1((releases,)));
+                if let Err(e) = result {
+                    tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "releasing references failed");
+                }
+            })
         });
     }
 }
@@ -212,12 +239,13 @@ impl Drop for EmbeddedSession {
         };
         interpreter::keep_thread_state();
         Python::attach(|py| {
-            if let Err(e) = methods.close.bind(py).call0() {
-                tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "closing the session failed");
-            }
-            // Client objects that outlive the session no longer reach the client.
+            // The connection is going: client objects (and finalizers run by
+            // closing) no longer reach the client; their references go with it.
             if let Err(e) = methods.session.bind(py).setattr("peer", py.None()) {
                 tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "detaching the session's peer failed");
+            }
+            if let Err(e) = methods.close.bind(py).call0() {
+                tracing::error!(session = self.id, error = %self.semantics.describe(py, e), "closing the session failed");
             }
             // The bound methods (and through them the session) go while attached.
             drop(methods);

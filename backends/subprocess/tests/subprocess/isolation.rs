@@ -254,28 +254,3 @@ fn a_call_waiting_for_a_slow_callback_still_times_out() {
     let e = crate::eval(&*p.server, "1").unwrap_err();
     assert_died(&e, "call_timeout");
 }
-
-#[test]
-fn a_finalizer_run_by_a_release_cannot_deadlock_the_worker_by_calling_back() {
-    let p = crate::pair_with(evaluator());
-    crate::execute(&*p.client, "def f():\n    return 1\n");
-    crate::execute(
-        &*p.server,
-        "class Notifier:\n    def __init__(self, f):\n        self.f = f\n    def __del__(self):\n        self.f()\n\
-         def make(f):\n    return Notifier(f)\n",
-    );
-    let make = reference(crate::eval(&*p.server, "make").unwrap());
-    let notifier = reference(crate::call_ref(&*p.server, make.id, vec![crate::eval(&*p.client, "f").unwrap()]).unwrap());
-    // The release is applied by the thread reading the worker's input: its finalizer's callback is refused, not hung.
-    p.server.release(&[farcall_core::Release { id: notifier.id, count: 1 }]);
-    still_works(&*p.server);
-    // The Notifier's reference to the client function went with it.
-    crate::stats(&*p.server);
-    assert_eq!(
-        p.to_client.released_count(match crate::eval(&*p.client, "f").unwrap() {
-            Value::SenderObject(d) => d.id,
-            other => panic!("{other:?}"),
-        }),
-        1
-    );
-}
