@@ -76,13 +76,14 @@ def test_timed_checks_its_arguments(conn: farcall.Connection) -> None:
 
 
 def test_connect_timeout_is_the_default_call_timeout(server: Server) -> None:
-    with server.connect(timeout=1.0) as conn:
+    slow_s = 4 * LONG_S
+    with server.connect(timeout=LONG_S) as conn:  # seconds to connect, and for every call
         assert conn.modules.math.pow(2, 2) == 4.0
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            finishes(conn.modules.time.sleep, LONG_S * 2)
-        assert time.monotonic() - started < LONG_S * 2
-        assert finishes(conn.modules.math.pow, 2, 3, within=LONG_S * 2 + PROMPT_S) == 8.0
+            finishes(conn.modules.time.sleep, slow_s, within=slow_s + PROMPT_S)
+        assert time.monotonic() - started < slow_s, "the default call timeout did not cut the call short"
+        assert finishes(conn.modules.math.pow, 2, 3, within=slow_s + PROMPT_S) == 8.0
 
 
 def test_a_timed_out_call_is_abandoned_on_the_server(conn: farcall.Connection) -> None:
