@@ -213,3 +213,30 @@ fn a_finalizer_run_by_a_release_does_not_call_the_client() {
     stats(&*p.server);
     assert_eq!(p.to_client.released_count(f.id), 1);
 }
+
+#[test]
+fn a_callback_made_between_calls_reaches_the_client() {
+    let p = pair();
+    execute(&*p.client, "def square(x):\n    return x * x\n");
+    // The server's thread calls back once `go` is set, a moment after the
+    // call that sets it returned: no call of the session is in flight then.
+    let start = server_function(
+        &p,
+        "import threading, time\ngo = threading.Event()\nresults = []\n\
+         def start(f):\n    def run():\n        go.wait()\n        time.sleep(0.2)\n        results.append(f(9))\n    \
+         threading.Thread(target=run, daemon=True).start()\n",
+        "start",
+    );
+    assert_eq!(call_ref(&*p.server, start, vec![client_object(&p, "square")]).unwrap(), Value::None);
+    let go_set = reference(eval(&*p.server, "go.set").unwrap()).id;
+    call_ref(&*p.server, go_set, vec![]).unwrap();
+    assert!(p.to_client.wait_answered(1, std::time::Duration::from_secs(20)), "the callback did not reach the client");
+    let results = reference(eval(&*p.server, "results").unwrap()).id;
+    // The thread records the reply right after the client answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while crate::builtin(&*p.server, "len", vec![crate::mine(results)]).unwrap() == Value::Int(0) {
+        assert!(std::time::Instant::now() < deadline, "the server's thread did not get the reply");
+        std::thread::yield_now();
+    }
+    assert_eq!(eval(&*p.server, "results[0]").unwrap(), Value::Int(81));
+}

@@ -4,7 +4,8 @@
 //! `EvalSession` traits, so one behaviour is written once for all backends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use farcall_core::{Callbacks, EvalSession, Evaluator, PeerInfo, RefDesc, Release, RemoteException, Request, SessionInfo, Target, Value};
 
@@ -27,6 +28,9 @@ pub struct Link {
     pub released: Mutex<Vec<Release>>,
     /// Requests forwarded so far.
     pub requests: AtomicUsize,
+    /// Requests answered so far, for [`Link::wait_answered`].
+    answered: Mutex<usize>,
+    answered_changed: Condvar,
 }
 
 impl std::fmt::Debug for Link {
@@ -36,6 +40,13 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// Waits until `n` requests were answered (at most `timeout`); whether they were.
+    pub fn wait_answered(&self, n: usize, timeout: Duration) -> bool {
+        let answered = self.answered.lock().unwrap();
+        let (answered, _) = self.answered_changed.wait_timeout_while(answered, timeout, |a| *a < n).unwrap();
+        *answered >= n
+    }
+
     /// Total count released for `id`.
     pub fn released_count(&self, id: u64) -> u32 {
         self.released.lock().unwrap().iter().filter(|r| r.id == id).map(|r| r.count).sum()
@@ -45,10 +56,13 @@ impl Link {
 impl Callbacks for Link {
     fn request(&self, op: Request) -> Result<Value, RemoteException> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        match self.other.get().and_then(Weak::upgrade) {
+        let reply = match self.other.get().and_then(Weak::upgrade) {
             Some(session) => session.evaluate(op),
             None => Err(RemoteException::new("farcall", "ConnectionLost", "the other session is gone")),
-        }
+        };
+        *self.answered.lock().unwrap() += 1;
+        self.answered_changed.notify_all();
+        reply
     }
 
     fn release(&self, refs: &[Release]) {

@@ -58,14 +58,15 @@
 //! `faulthandler` is enabled in workers.
 //!
 //! Callbacks work as in the embedded backend (user code calling an object
-//! of the client, from any thread of the worker, nested to any depth), with
-//! two differences that come from the pipes being read only by threads that
-//! wait for a reply: a callback made by a worker thread while no call of its
-//! session is in flight reaches the client when the session's next call
-//! starts, and releases of client objects travel just ahead of the worker's
-//! next frame. The time a call spends waiting for the client to answer one
-//! of its callbacks counts toward `call_timeout`, which is checked when the
-//! client has answered.
+//! of the client, from any thread of the worker, nested to any depth, also
+//! between calls: a session that passed a client object to its worker gets
+//! a thread that reads the worker's output while no call does). Releases of
+//! client objects travel just ahead of the worker's next frame. Callbacks
+//! read by one thread are forwarded one after the other. The time a call
+//! spends waiting for the client to answer one of its callbacks counts
+//! toward `call_timeout`, which is checked when the client has answered. A
+//! finalizer that runs while the worker applies a release (or reads) cannot
+//! call the client: it gets a `FarcallError` (as in the embedded backend).
 //!
 //! # The worker protocol
 //!

@@ -17,21 +17,25 @@
 //! Every worker has two small threads of its own: one waits for the process
 //! to end (then reaps it and fails the calls still waiting), the other
 //! forwards its standard error to the log and keeps the last lines for the
-//! error that reports its death.
+//! error that reports its death. Once a session passes an object of the
+//! client to its worker, a third, the idle reader, reads whatever the worker
+//! sends while no call waits for a reply (a callback made between calls by a
+//! thread of the worker); it only waits for output without the reading role,
+//! so callers still read their own replies.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use farcall_core::codec::{self, Frame, Route};
-use farcall_core::framing::{self, FrameReader};
-use farcall_core::{Callbacks, FrameError, Message, NoCallbacks, Release, RemoteException, Request, Value};
+use farcall_core::framing;
+use farcall_core::{Callbacks, Message, NoCallbacks, Release, RemoteException, Request, Value};
 
 use crate::sys::{self, Exit, Wait, WakePipe};
 use crate::{SEMANTICS_PY, WORKER_PROTOCOL, WORKER_PY};
@@ -180,6 +184,9 @@ struct State {
     next_id: u64,
     /// A thread holds the reading role.
     reading: bool,
+    /// Threads waiting for a reply that can take the reading role (not
+    /// busy forwarding a callback): the idle reader reads only when none can.
+    able: usize,
     /// Calls in flight, and their replies once read.
     pending: HashMap<u64, Option<Result<Value, RemoteException>>>,
     kill_reason: Option<KillReason>,
@@ -208,6 +215,8 @@ struct Shared {
     session: AtomicU64,
     /// The session's way to the client, once it serves one.
     callbacks: OnceLock<Arc<dyn Callbacks>>,
+    /// The idle reader runs (see [`Shared::idle_reader`]).
+    idle_reader: AtomicBool,
     input: Mutex<ChildStdin>,
     output: Mutex<Output>,
     state: Mutex<State>,
@@ -223,7 +232,76 @@ struct Shared {
 
 struct Output {
     stdout: ChildStdout,
-    frames: FrameReader,
+    frames: PipeFrames,
+}
+
+/// Bytes read at a time from the worker's output (frames are read ahead).
+const READ_AHEAD: usize = 64 << 10;
+
+/// Frames read from the worker's output, with read-ahead, and a way to tell
+/// whether a whole frame is already buffered (the idle reader must not
+/// sleep on the pipe while one is).
+#[derive(Default)]
+struct PipeFrames {
+    buf: BytesMut,
+}
+
+impl PipeFrames {
+    /// The length of the frame at the front of the buffer, once known.
+    fn next_len(&self) -> Option<usize> {
+        (self.buf.len() >= 4).then(|| u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize)
+    }
+
+    /// Whether a whole frame is buffered.
+    fn has_frame(&self) -> bool {
+        self.next_len().is_some_and(|len| self.buf.len() >= 4 + len)
+    }
+
+    /// The next frame's body. A stream that ends is `UnexpectedEof`.
+    fn read(&mut self, r: &mut impl Read) -> io::Result<Bytes> {
+        loop {
+            let want = match self.next_len() {
+                Some(len) if self.buf.len() >= 4 + len => {
+                    self.buf.advance(4);
+                    return Ok(self.buf.split_to(len).freeze());
+                }
+                Some(len) if 4 + len > PIPE_BYTES => {
+                    // A large frame gets a buffer of its own, read exactly.
+                    let mut body = BytesMut::from(&self.buf[4..]);
+                    self.buf.clear();
+                    let mut got = body.len();
+                    body.resize(len, 0);
+                    while got < len {
+                        got += read_some(r, &mut body[got..])?;
+                    }
+                    return Ok(body.freeze());
+                }
+                Some(len) => (4 + len - self.buf.len()).max(READ_AHEAD),
+                None => READ_AHEAD,
+            };
+            self.buf.reserve(want);
+            let spare = &mut self.buf.spare_capacity_mut()[..want];
+            // SAFETY: the readers used here (`read(2)` on the pipe) only
+            // write into the slice and report how much they wrote; only
+            // those bytes are exposed below.
+            let slice = unsafe { &mut *(spare as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+            let n = read_some(r, slice)?;
+            // SAFETY: `n` bytes were just initialised by the read.
+            unsafe { self.buf.set_len(self.buf.len() + n) };
+        }
+    }
+}
+
+/// One `read` of at least one byte; the stream ending is `UnexpectedEof`.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -300,8 +378,9 @@ impl Worker {
             hello: Mutex::new(None),
             session: AtomicU64::new(0),
             callbacks: OnceLock::new(),
+            idle_reader: AtomicBool::new(false),
             input: Mutex::new(stdin),
-            output: Mutex::new(Output { stdout, frames: FrameReader::new(u32::MAX as usize, PIPE_BYTES) }),
+            output: Mutex::new(Output { stdout, frames: PipeFrames::default() }),
             state: Mutex::new(State::default()),
             state_changed: Condvar::new(),
             wake,
@@ -375,7 +454,26 @@ impl Worker {
     /// Performs one request; blocks until its reply, the worker's death or
     /// the call timeout.
     pub(crate) fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
+        if !self.shared.idle_reader.load(Ordering::Relaxed) && holds_client_object(&request) {
+            self.start_idle_reader();
+        }
         self.shared.evaluate(request)
+    }
+
+    /// Starts the idle reader (once): the session's worker now holds objects
+    /// of the client, which its threads may call at any time.
+    fn start_idle_reader(&self) {
+        if self.shared.idle_reader.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let s = Arc::clone(&self.shared);
+        let started = std::thread::Builder::new()
+            .name(format!("farcall-idle-{}", self.shared.pid))
+            .stack_size(THREAD_STACK)
+            .spawn(move || s.idle_reader());
+        if let Err(e) = started {
+            tracing::warn!(pid = self.shared.pid, "no thread to read callbacks made between calls ({e}); they wait for the next call");
+        }
     }
 
     /// Forwards releases (in order before any later request).
@@ -622,15 +720,26 @@ impl Shared {
             st.next_id += 1;
             let id = st.next_id;
             st.pending.insert(id, None);
+            // From now on this thread may read (the idle reader need not).
+            st.able += 1;
             id
         };
         let frame = codec::encode(&Message::Request { id, op: request });
-        match self.write(&frame, deadline) {
-            Ok(()) => {}
-            Err(PipeError::TimedOut) => return self.timed_out(id),
-            Err(_) => self.mark_broken(None),
+        let result = match self.write(&frame, deadline) {
+            Err(PipeError::TimedOut) => self.timed_out(id),
+            written => {
+                if written.is_err() {
+                    self.mark_broken(None);
+                }
+                self.wait_reply(id, deadline)
+            }
+        };
+        self.state().able -= 1;
+        if self.idle_reader.load(Ordering::Relaxed) {
+            // Perhaps nobody else can read now: the idle reader can.
+            self.state_changed.notify_all();
         }
-        self.wait_reply(id, deadline)
+        result
     }
 
     fn release(&self, refs: &[Release]) {
@@ -649,7 +758,8 @@ impl Shared {
         }
     }
 
-    /// Waits for the reply to `id`, taking the reading role when it is free.
+    /// Waits for the reply to `id`, taking the reading role when it is free
+    /// (the caller counts in `able`).
     fn wait_reply(&self, id: u64, deadline: Option<Instant>) -> Result<Value, RemoteException> {
         let mut st = self.state();
         loop {
@@ -693,37 +803,7 @@ impl Shared {
                 let got = self.read_message(deadline);
                 st = self.state();
                 st.reading = false;
-                match got {
-                    Ok(Incoming::Reply(rid, result)) => match st.pending.get_mut(&rid) {
-                        Some(slot) => *slot = Some(result),
-                        None => tracing::warn!(pid = self.pid, request = rid, "the worker replied to a request nobody waits for"),
-                    },
-                    Ok(Incoming::Request(cid, op)) => {
-                        // Another thread (or a call nested in the callback) reads meanwhile.
-                        drop(st);
-                        self.state_changed.notify_all();
-                        self.forward_callback(cid, op);
-                        st = self.state();
-                    }
-                    Ok(Incoming::Release(refs)) => {
-                        drop(st);
-                        self.callbacks().release(&refs);
-                        st = self.state();
-                    }
-                    Ok(Incoming::Notice(n)) => st.notice = Some(n),
-                    Err(PipeError::TimedOut) => {}
-                    Err(PipeError::Broken) => {
-                        drop(st);
-                        self.mark_broken(None);
-                        st = self.state();
-                    }
-                    Err(PipeError::Malformed(why)) => {
-                        drop(st);
-                        self.mark_broken(Some(KillReason::Malformed(why)));
-                        st = self.state();
-                    }
-                }
-                self.state_changed.notify_all();
+                st = self.dispatch(st, got, true);
                 continue;
             }
             st = match deadline {
@@ -733,6 +813,94 @@ impl Shared {
                 }
                 None => self.state_changed.wait(st).unwrap_or_else(PoisonError::into_inner),
             };
+        }
+    }
+
+    /// Delivers what the reading thread read (the reading role is given up
+    /// already) and wakes the threads waiting. A callback is forwarded by
+    /// this thread; `able` says it counts among the threads that could read
+    /// (it does not while it forwards).
+    fn dispatch<'a>(&'a self, mut st: MutexGuard<'a, State>, got: Result<Incoming, PipeError>, able: bool) -> MutexGuard<'a, State> {
+        match got {
+            Ok(Incoming::Reply(rid, result)) => match st.pending.get_mut(&rid) {
+                Some(slot) => *slot = Some(result),
+                None => tracing::warn!(pid = self.pid, request = rid, "the worker replied to a request nobody waits for"),
+            },
+            Ok(Incoming::Request(cid, op)) => {
+                // Other threads (and calls nested in the callback, on this
+                // thread) read meanwhile; the idle reader when none can.
+                if able {
+                    st.able -= 1;
+                }
+                drop(st);
+                self.state_changed.notify_all();
+                self.forward_callback(cid, op);
+                st = self.state();
+                if able {
+                    st.able += 1;
+                }
+            }
+            Ok(Incoming::Release(refs)) => {
+                drop(st);
+                self.callbacks().release(&refs);
+                st = self.state();
+            }
+            Ok(Incoming::Notice(n)) => st.notice = Some(n),
+            Err(PipeError::TimedOut) => {}
+            Err(PipeError::Broken) => {
+                drop(st);
+                self.mark_broken(None);
+                st = self.state();
+            }
+            Err(PipeError::Malformed(why)) => {
+                drop(st);
+                self.mark_broken(Some(KillReason::Malformed(why)));
+                st = self.state();
+            }
+        }
+        self.state_changed.notify_all();
+        st
+    }
+
+    /// The idle reader, started once the worker holds objects of the client
+    /// (its threads may then call the client at any time, also between
+    /// calls): reads the worker's output whenever no thread waiting for a
+    /// reply can, and delivers what it reads as they do (forwarding
+    /// callbacks itself). It never holds the reading role while it only
+    /// waits for output, so a caller that arrives reads its own reply. Ends
+    /// with the worker.
+    fn idle_reader(self: Arc<Self>) {
+        let stdout = lock(&self.output).stdout.as_raw_fd();
+        loop {
+            {
+                let mut st = self.state();
+                loop {
+                    if st.dead.is_some() || st.broken.is_some() {
+                        return;
+                    }
+                    if !st.reading && st.able == 0 {
+                        break;
+                    }
+                    st = self.state_changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            // Wait for output without the reading role (never while a whole frame is buffered).
+            if !lock(&self.output).frames.has_frame() {
+                match sys::wait_ready(stdout, libc::POLLIN, self.wake.fd(), None) {
+                    Ok(Wait::Ready) => {}
+                    Ok(_) | Err(_) => return,
+                }
+            }
+            let mut st = self.state();
+            if st.reading || st.able > 0 || st.dead.is_some() || st.broken.is_some() {
+                continue;
+            }
+            st.reading = true;
+            drop(st);
+            let got = self.read_message(None);
+            let mut st = self.state();
+            st.reading = false;
+            drop(self.dispatch(st, got, false));
         }
     }
 
@@ -821,8 +989,7 @@ impl Shared {
             let mut r = PollRead { fd: stdout.as_raw_fd(), wake: self.wake.fd(), deadline };
             match frames.read(&mut r) {
                 Ok(body) => body,
-                Err(FrameError::Io(e)) => return Err(pipe_error(&e)),
-                Err(_) => return Err(PipeError::Broken),
+                Err(e) => return Err(pipe_error(&e)),
             }
         };
         decode_incoming(body).map_err(PipeError::Malformed)
@@ -991,6 +1158,26 @@ impl Shared {
     fn log_line(&self, line: &[u8]) {
         let session = self.session.load(Ordering::Relaxed);
         tracing::info!(target: "farcall::worker", pid = self.pid, session, "{}", String::from_utf8_lossy(line));
+    }
+}
+
+/// Whether `request` passes an object of the client (after which the
+/// worker may call the client at any time).
+fn holds_client_object(request: &Request) -> bool {
+    fn any(v: &Value) -> bool {
+        match v {
+            Value::SenderObject(_) => true,
+            Value::Tuple(items) | Value::FrozenSet(items) | Value::List(items) | Value::Set(items) => items.iter().any(any),
+            Value::Dict(pairs) => pairs.iter().any(|(k, v)| any(k) || any(v)),
+            Value::Slice(parts) => parts.iter().any(any),
+            _ => false,
+        }
+    }
+    match request {
+        Request::Call { args, kwargs, .. } => args.iter().any(any) || kwargs.iter().any(|(_, v)| any(v)),
+        Request::SetAttr { value, .. } => any(value),
+        Request::Builtin { args, .. } => args.iter().any(any),
+        _ => false,
     }
 }
 

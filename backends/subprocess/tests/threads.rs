@@ -1,6 +1,6 @@
 //! Workers that die (or are killed) leave no thread and no process behind in
-//! the server. A test binary of its own, so that no other test's threads
-//! are counted.
+//! the server (nor do the idle readers of sessions given client objects). A
+//! test binary of its own, so that no other test's threads are counted.
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,12 @@ fn dying_workers_leave_no_thread_or_process_behind() {
                 0 => call(&**s, "os", "_exit", vec![Value::Int(round)]),
                 1 => call(&**s, "ctypes", "string_at", vec![Value::Int(0)]),
                 2 => call(&**s, "time", "sleep", vec![Value::Int(60)]),
-                _ => continue,
+                _ => {
+                    // A client object starts the session's idle reader, which must end with the worker too.
+                    let client_object = Value::SenderObject(farcall_core::RefDesc::new(1, "client.thing"));
+                    assert!(matches!(call(&**s, "builtins", "id", vec![client_object]), Ok(Value::Int(_))));
+                    continue;
+                }
             };
             assert!(died.is_err());
         }
