@@ -73,10 +73,16 @@ class Proxy(_ProxyBase):
         return self._farcall_handle.getattr(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        self._farcall_handle.setattr(name, value)
+        if name.startswith("_farcall"):  # the proxy's own state (see ProxyBase)
+            object.__setattr__(self, name, value)
+        else:
+            self._farcall_handle.setattr(name, value)
 
     def __delattr__(self, name: str) -> None:
-        self._farcall_handle.delattr(name)
+        if name.startswith("_farcall"):
+            object.__delattr__(self, name)
+        else:
+            self._farcall_handle.delattr(name)
 
     def __repr__(self) -> str:
         try:
@@ -86,7 +92,6 @@ class Proxy(_ProxyBase):
 
     def __str__(self) -> str:
         return self._farcall_handle.str()
-
 
 
 class _CallableProxy(Proxy, _semantics.CallableProxyBase):
