@@ -68,6 +68,7 @@ class Connection:
         self._lock = threading.Lock()
         self._namespace: Optional[Proxy] = None
         self._executor: Optional[AsyncPool] = None
+        self._teleport_memo: Dict[str, str] = {}
         with _connections_lock:
             _connections.add(self)
 
@@ -129,7 +130,7 @@ class Connection:
 
         Raises :class:`farcall.TeleportError` saying why when no way works.
         """
-        return _teleport.teleport(self._native, func, method)
+        return _teleport.teleport(self._native, func, method, self._teleport_memo)
 
     def serve(self, timeout: Optional[float] = None) -> int:
         """Serves the server's calls on local objects (callbacks) that come while this client makes

@@ -6,7 +6,7 @@ import os
 import sys
 import sysconfig
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _native, _semantics
 from ._errors import RemoteError, TeleportError
@@ -17,7 +17,7 @@ METHODS = ("auto", "pickle", "source")
 _by_value_lock = threading.Lock()
 
 
-def teleport(client: _native.Client, func: Callable[..., Any], method: str = "auto") -> Any:
+def teleport(client: _native.Client, func: Callable[..., Any], method: str = "auto", memo: Optional[Dict[str, str]] = None) -> Any:
     """Ships ``func`` to the server of ``client``; returns the proxy of the function rebuilt there.
 
     ``method``:
@@ -30,6 +30,10 @@ def teleport(client: _native.Client, func: Callable[..., Any], method: str = "au
         here and the server runs our Python major.minor, falling back to
         ``"source"`` when the server cannot unpickle it.
 
+    ``memo`` (one dict per connection) remembers that the server cannot load
+    any cloudpickle (none installed, or one that cannot read ours), so that
+    later teleports go straight to the source.
+
     Raises :class:`farcall.TeleportError` saying why when no way works.
     """
     if method not in METHODS:
@@ -40,7 +44,7 @@ def teleport(client: _native.Client, func: Callable[..., Any], method: str = "au
     why_not: List[str] = []
 
     if method in ("auto", "pickle"):
-        reason = _pickle_unusable(client)
+        reason = (memo or {}).get(_NO_PICKLE) or _pickle_unusable(client)
         if reason is None:
             try:
                 payload = _cloudpickle_dumps(func)
@@ -56,6 +60,8 @@ def teleport(client: _native.Client, func: Callable[..., Any], method: str = "au
                         f"the server could not unpickle it ({e.remote_type}: {e.remote_message};"
                         f" this client pickles with cloudpickle {_cloudpickle_version()})"
                     )
+                if memo is not None and not _server_loads_pickles(client):
+                    memo[_NO_PICKLE] = reason
         if method == "pickle":
             raise TeleportError(f"cannot teleport {name} with cloudpickle: {reason}")
         why_not.append(reason)
@@ -69,6 +75,23 @@ def teleport(client: _native.Client, func: Callable[..., Any], method: str = "au
         return client.builtin("teleport", ("source", _plain(source_payload)), copy=True)
     except TypeError as e:  # a global, default or closure value that cannot be copied
         raise TeleportError(f"cannot teleport {name} as source: {e}") from None
+
+
+#: `memo` key: why the server loads no cloudpickle of ours.
+_NO_PICKLE = "no_pickle"
+
+
+def _server_loads_pickles(client: _native.Client) -> bool:
+    """Whether the server loads the cloudpickle of a trivial function of ``__main__`` (pickled by
+    value): when it does not, no function of ours will load there."""
+    import cloudpickle
+
+    probe = eval("lambda: None", {"__name__": "__main__"})
+    try:
+        client.builtin("teleport", ("pickle", cloudpickle.dumps(probe)))
+    except (TeleportError, RemoteError):
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:

@@ -226,6 +226,17 @@ def test_pickle_method_says_why_it_cannot(module_conn: farcall.Connection) -> No
             module_conn.teleport(add, method="pickle")
 
 
+def test_a_server_that_loads_no_pickle_of_ours_is_remembered(conn: farcall.Connection) -> None:
+    """After one failed pickle, the connection goes straight to the source (no wasted round trip),
+    but only when the server loads no pickle at all, not when one function could not be loaded."""
+    assert conn.teleport(add)(1, 2) == 3
+    assert bool(conn._teleport_memo) == (not server_has_cloudpickle(conn))
+    assert conn.teleport(scaled)(1) == 10
+    if conn._teleport_memo:
+        with pytest.raises(farcall.TeleportError, match="cloudpickle"):
+            conn.teleport(add, method="pickle")
+
+
 def test_a_global_that_cannot_be_copied_is_a_teleport_error(module_conn: farcall.Connection) -> None:
     with pytest.raises(farcall.TeleportError):
         module_conn.teleport(uses_lock, method="source")
