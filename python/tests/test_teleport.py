@@ -74,9 +74,12 @@ def make_adder(n):
 
 
 def server_has_cloudpickle(conn: farcall.Connection) -> bool:
-    """Whether the server can load what our cloudpickle makes: it has cloudpickle, of our major version
-    (a pickle of cloudpickle 3 does not load with cloudpickle 2)."""
-    import cloudpickle
+    """Whether the server can load what our cloudpickle makes: we have cloudpickle, and so has the
+    server, of our major version (a pickle of cloudpickle 3 does not load with cloudpickle 2)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return False
 
     theirs = conn.eval("getattr(__import__('importlib.util').util.find_spec('cloudpickle'), 'name', None)")
     if theirs is None:
