@@ -45,6 +45,24 @@ def test_async_with_a_callback(conn: farcall.Connection) -> None:
     assert future.result(PROMPT_S) == 42
 
 
+def test_several_async_calls_in_flight_each_calling_back(conn: farcall.Connection) -> None:
+    parties = 3
+    conn.execute(
+        f"import threading\nmeet = threading.Barrier({parties}, timeout={PROMPT_S})\n"
+        "def meet_then_call(f, x):\n    meet.wait()\n    return f(x)\n"
+    )
+    meet_then_call = farcall.async_(conn.eval("meet_then_call"))
+    calls = []
+
+    def local(x):
+        calls.append(x)
+        return x * 10
+
+    futures = [meet_then_call(local, i) for i in range(parties)]
+    assert sorted(f.result(PROMPT_S * 2) for f in futures) == [0, 10, 20]
+    assert sorted(calls) == [0, 1, 2]
+
+
 def test_async_needs_a_proxy() -> None:
     with pytest.raises(TypeError):
         farcall.async_(len)  # type: ignore[arg-type]
