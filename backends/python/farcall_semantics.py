@@ -111,6 +111,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_INPUT_DEPTH",
     "CALLABLE",
+    "ITERATOR",
     "MODULE",
     "CLASS",
     "GET_MODULE",
@@ -147,6 +148,8 @@ __all__ = [
     "CallableProxyBase",
     "PeerObject",
     "CallablePeerObject",
+    "IteratorProxyBase",
+    "peer_object_class",
     "Session",
     "scalar",
     "plain",
@@ -174,6 +177,10 @@ CALLABLE = 1
 MODULE = 2
 #: :attr:`Ref.flags` bit: the object is a class (an instance of ``type``).
 CLASS = 4
+#: :attr:`Ref.flags` bit: the object is an iterator (its type has ``__next__``):
+#: only proxies of iterators get ``__next__``, so C code that checks for an
+#: iterator (``PyIter_Check``) is told the truth about the others.
+ITERATOR = 8
 
 # Request operation codes, as on the wire.
 #: ``GetModule(name)``
@@ -772,6 +779,8 @@ class Session:
             attrs = _HINTS.get(obj)
         if issubclass(t, type):
             bits |= CLASS
+        elif getattr(t, "__next__", None) is not None:
+            bits |= ITERATOR
         name = type_name(obj)
         key = id(obj)
         with self._lock:
@@ -936,7 +945,7 @@ class Session:
                 if obj is not None:
                     entry[1] += 1
                     return obj
-            obj = (CallablePeerObject if ref.flags & CALLABLE else PeerObject)(self, ref)
+            obj = peer_object_class(ref.flags)(self, ref)
             entry = [None, 1]
             entry[0] = weakref.ref(obj, functools.partial(_peer_object_gone, self._weak_self, ref_id, entry))
             self._peers[ref_id] = entry
@@ -1308,12 +1317,37 @@ def _builtin_stats(session):
     return session.stats()
 
 
+# Iterators over containers: what they hand out does not change when they
+# advance, so a batch may read ahead freely.
+_CONTAINER_ITERATORS = frozenset(
+    type(iter(x))
+    for x in ([], (), range(1), range(1 << 70), "", b"", bytearray(), {}, {}.values(), {}.items(), set(), reversed([]))
+)
+
+
+def _by_value(item):
+    return type(item) in _RECEIVED_AS_IS or plain(item) is not NOT_A_VALUE
+
+
 def _builtin_iterate(session, o, count):
+    """Up to ``count`` items of ``iter(o)`` and the iterator (None when it
+    ran out). Reading ahead must not change what the client sees: an
+    iterator over a container reads ahead freely, and so does any iterator
+    while its items travel by value; after an item that travels by reference
+    (a ``groupby`` group, a reused row buffer) the batch ends, because
+    advancing further could change that item before the client uses it."""
     if type(count) is not int or count < 0:
         raise TypeError("iterate: the count must be an int >= 0, got %r" % (count,))
     it = iter(o)
-    items = tuple(itertools.islice(it, count))
-    return (items, None if len(items) < count else it)
+    if type(it) in _CONTAINER_ITERATORS:
+        items = tuple(itertools.islice(it, count))
+        return (items, None if len(items) < count else it)
+    items = []
+    for item in it:
+        items.append(item)
+        if len(items) >= count or not _by_value(item):
+            return (tuple(items), it)
+    return (tuple(items), None)
 
 
 def _builtin_dir(session, o):
@@ -1732,13 +1766,6 @@ class ProxyBase:
         items, rest = self._farcall_builtin("iterate", self, ITERATE_FIRST)
         return _iterate_batches(items, rest)
 
-    def __next__(self):
-        try:
-            return self._farcall_builtin("next", self)
-        except StopIteration as e:
-            args = e.args if type(e.args) is tuple else ()
-        raise StopIteration(*args)
-
     def __reversed__(self):
         return self._farcall_builtin("reversed", self)
 
@@ -1769,6 +1796,20 @@ class ProxyBase:
 
     def __subclasscheck__(self, subclass):
         return self._farcall_builtin("issubclass", subclass, self)
+
+
+class IteratorProxyBase(ProxyBase):
+    """:class:`ProxyBase` of an iterator (its :class:`Ref` has the
+    :data:`ITERATOR` flag): ``next(proxy)`` takes one item."""
+
+    __slots__ = ()
+
+    def __next__(self):
+        try:
+            return self._farcall_builtin("next", self)
+        except StopIteration as e:
+            args = e.args if type(e.args) is tuple else ()
+        raise StopIteration(*args)
 
 
 class CallableProxyBase(ProxyBase):
@@ -1867,14 +1908,33 @@ class PeerObject(ProxyBase):
             return "<farcall.PeerObject of the peer's %s (%s)>" % (self._farcall_ref.type_name, type(e).__name__)
 
 
-class CallablePeerObject(PeerObject):
+class CallablePeerObject(PeerObject, CallableProxyBase):
     """The :class:`PeerObject` of a callable of the peer (its :class:`Ref`
     has the :data:`CALLABLE` flag): calling it calls the peer's object."""
 
     __slots__ = ()
 
-    def __call__(self, *args, **kwargs):
-        return self._farcall_call(args, kwargs)
+
+class _IteratorPeerObject(PeerObject, IteratorProxyBase):
+    __slots__ = ()
+
+
+class _CallableIteratorPeerObject(PeerObject, CallableProxyBase, IteratorProxyBase):
+    __slots__ = ()
+
+
+_PEER_CLASSES = {
+    0: PeerObject,
+    CALLABLE: CallablePeerObject,
+    ITERATOR: _IteratorPeerObject,
+    CALLABLE | ITERATOR: _CallableIteratorPeerObject,
+}
+
+
+def peer_object_class(flags):
+    """The :class:`PeerObject` class for a :class:`Ref` with ``flags``: only
+    callables get ``__call__`` and only iterators ``__next__``."""
+    return _PEER_CLASSES[flags & (CALLABLE | ITERATOR)]
 
 
 # ----------------------------------------------------------------- teleport

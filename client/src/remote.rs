@@ -224,6 +224,12 @@ impl RemoteObject {
         }
     }
 
+    /// Whether the object is an iterator (known only for objects the server
+    /// sent, not for attributes named through a module's hints).
+    pub fn is_iterator(&self) -> bool {
+        self.path.is_empty() && self.inner.desc.flags & farcall_core::flags::ITERATOR != 0
+    }
+
     /// `getattr(self, name)`. Functions and classes of a module are handed
     /// out without a round trip (looked up again on the server at each use);
     /// submodules come from the module cache; everything else asks the server.

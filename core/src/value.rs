@@ -61,6 +61,8 @@ pub mod flags {
     pub const MODULE: u8 = 2;
     /// The object is a class (a `type`).
     pub const CLASS: u8 = 4;
+    /// The object is an iterator (its type has `__next__`).
+    pub const ITERATOR: u8 = 8;
 }
 
 /// A reference to an object owned by the sender.

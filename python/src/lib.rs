@@ -876,6 +876,13 @@ impl Handle {
         }
     }
 
+    /// Whether the server flagged the object as an iterator (only those
+    /// proxies get `__next__`).
+    #[getter]
+    fn iterator(&self) -> bool {
+        self.obj.is_iterator()
+    }
+
     /// The server-side designator `(id, path)`, for debugging.
     #[getter]
     fn target(&self) -> (u64, Vec<String>) {

@@ -249,14 +249,43 @@ def test_iterate_batches_and_rest(s: Any) -> None:
 
 def test_iterate_error_drops_the_items_taken(s: Any) -> None:
     def gen() -> Any:
-        yield [1]  # would be exported if it were sent
+        yield 1
+        yield (2, 3)
         raise ValueError("broken generator")
 
     g = ref_to(s, gen())
     before = s.stats()
     with pytest.raises(ValueError, match="broken generator"):
         b(s, "iterate", g, 10)
-    assert s.stats() == before
+    assert s.stats() == before  # neither the items nor the generator were exported
+
+
+def test_iterate_reads_ahead_only_where_it_cannot_change_what_the_client_sees(s: Any) -> None:
+    import itertools
+
+    # A generator of values: one batch.
+    items, rest = b(s, "iterate", ref_to(s, (i for i in range(5))), 10)
+    assert items == (0, 1, 2, 3, 4) and rest is None
+    # A container of objects: one batch (advancing a list iterator changes no item).
+    items, rest = b(s, "iterate", ref_to(s, [[1], [2], [3]]), 10)
+    assert len(items) == 3 and all(isinstance(x, sem.Ref) for x in items) and rest is None
+    # groupby: the batch ends after each item holding a reference (the group),
+    # which reading further would empty.
+    groups = ref_to(s, itertools.groupby("aabbb"))
+    items, rest = b(s, "iterate", groups, 10)
+    assert len(items) == 1 and items[0][0] == "a" and isinstance(rest, sem.Ref)
+    group = s.lookup(items[0][1].id)
+    assert list(group) == ["a", "a"]
+
+
+def test_only_iterators_are_flagged_as_iterators(s: Any) -> None:
+    assert s.box(iter([1])).flags & sem.ITERATOR
+    assert s.box((x for x in ())).flags & sem.ITERATOR
+    assert not s.box([1]).flags & sem.ITERATOR
+    assert not s.box({}).flags & sem.ITERATOR
+    assert sem.peer_object_class(sem.ITERATOR).__next__
+    assert not hasattr(sem.peer_object_class(0), "__next__")
+    assert not hasattr(sem.ProxyBase, "__next__")
 
 
 def test_eval_execute_namespace_stats(s: Any) -> None:

@@ -76,7 +76,9 @@ impl Semantics {
         let m = module(py)?;
         let constant = |name: &str| -> PyResult<u8> { m.getattr(name)?.extract() };
         // The module's flag bits are the wire's.
-        for (name, bit) in [("CALLABLE", flags::CALLABLE), ("MODULE", flags::MODULE), ("CLASS", flags::CLASS)] {
+        for (name, bit) in
+            [("CALLABLE", flags::CALLABLE), ("MODULE", flags::MODULE), ("CLASS", flags::CLASS), ("ITERATOR", flags::ITERATOR)]
+        {
             if constant(name)? != bit {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!("farcall_semantics.{name} is not the wire's flag {bit}")));
             }
