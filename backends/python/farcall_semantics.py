@@ -1124,8 +1124,16 @@ def _copy(obj, depth):
         if scalar(obj) is NOT_A_VALUE:
             raise _CopyFailure("cannot copy a str that is not valid UTF-8 (it holds lone surrogates)")
         return obj
+    if obj is Ellipsis:
+        return obj
     if depth >= MAX_DEPTH:
         raise _CopyFailure("cannot copy values nested deeper than %d levels" % MAX_DEPTH)
+    if t is slice:
+        try:
+            return slice(_copy(obj.start, depth + 1), _copy(obj.stop, depth + 1), _copy(obj.step, depth + 1))
+        except _CopyFailure as failure:
+            failure.segments.append(".slice")
+            raise
     if t is list or t is tuple:
         items = obj
     elif isinstance(obj, (list, tuple)):

@@ -107,10 +107,25 @@ class _CallableProxy(Proxy, _semantics.CallableProxyBase):
 _CALLABLE_HINTS = frozenset(("callable", "class"))
 
 
+class _IteratorProxy(Proxy, _semantics.IteratorProxyBase):
+    """A proxy of a remote iterator (the server flags them): only these have ``__next__``, so C
+    code that checks for an iterator (``PyIter_Check``) is told the truth about the others."""
+
+    __slots__ = ()
+
+
+class _CallableIteratorProxy(_CallableProxy, _semantics.IteratorProxyBase):
+    """A proxy of a remote object that is both callable and an iterator."""
+
+    __slots__ = ()
+
+
 def make_proxy(handle: _native.Handle) -> Proxy:
     """Wraps a native handle (called by the native module)."""
     if handle.hint in _CALLABLE_HINTS:
-        return _CallableProxy(handle)
+        return _CallableIteratorProxy(handle) if handle.iterator else _CallableProxy(handle)
+    if handle.iterator:
+        return _IteratorProxy(handle)
     return Proxy(handle)
 
 

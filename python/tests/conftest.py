@@ -43,6 +43,7 @@ from _support import (
     start_server,
     start_transport_server,
     tls_for,
+    write_server_config,
 )
 
 #: No single test may run longer than this; past it the whole run stops with
@@ -237,6 +238,16 @@ def start_extra_server(
         return srv
 
     return start
+
+
+@pytest.fixture
+def guarded_server(
+    backend: str, transport: str, request: pytest.FixtureRequest, tmp_path: Path, start_extra_server
+) -> Server:
+    """A server of the test's backend and transport with `[policy] allow_setattr = false`."""
+    config = write_server_config(tmp_path / "guarded", [transport], tls_for(transport, request), backend=backend)
+    config.write_text(config.read_text() + "\n[policy]\nallow_setattr = false\n")
+    return start_extra_server("--config", str(config))
 
 
 @pytest.fixture

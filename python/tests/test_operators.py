@@ -5,12 +5,10 @@ isinstance/issubclass against remote classes, properties, and attribute assignme
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
-from pathlib import Path
 
 import farcall
 import pytest
-from _support import Server, tls_for, write_server_config
+from _support import Server
 
 # A remote class whose every operator answers with what it was asked: (operator, its value, the
 # other operand). Tuples of values come back by value, so each answer names the method that ran.
@@ -455,16 +453,6 @@ def test_setattr_and_delattr_are_allowed_by_default(conn: farcall.Connection) ->
         del ns.missing
     with pytest.raises(AttributeError):
         conn.builtins.list().append = 1  # the server refuses it as Python would
-
-
-@pytest.fixture
-def guarded_server(
-    backend: str, transport: str, request: pytest.FixtureRequest, tmp_path: Path, start_extra_server
-) -> Iterator[Server]:
-    """A server of the test's backend and transport with `[policy] allow_setattr = false`."""
-    config = write_server_config(tmp_path / "config", [transport], tls_for(transport, request), backend=backend)
-    config.write_text(config.read_text() + "\n[policy]\nallow_setattr = false\n")
-    yield start_extra_server("--config", str(config))
 
 
 def test_setattr_and_delattr_refused_by_policy(guarded_server: Server) -> None:

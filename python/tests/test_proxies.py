@@ -141,44 +141,59 @@ def test_modules_come_from_the_server_side(start_extra_server, tmp_path: Path) -
         assert "in fail" in info.value.remote_traceback
 
 
-# -- mutation is refused -------------------------------------------------------
+# -- mutation: allowed by default, refused by `[policy] allow_setattr = false` ---------
 
 
-def test_setting_an_attribute_is_refused_and_changes_nothing(server: Server, conn: farcall.Connection) -> None:
-    remote_math = conn.modules.math
-    with pytest.raises(farcall.PolicyError) as info:
-        remote_math.pi = 3
-    assert isinstance(info.value, PermissionError)
-    assert isinstance(info.value, farcall.FarcallError)
-    assert remote_math.pi == math.pi
-    with server.connect() as other:
-        assert other.modules.math.pi == math.pi
-
-
-def test_adding_an_attribute_is_refused(conn: farcall.Connection) -> None:
-    with pytest.raises(farcall.PolicyError):
-        conn.modules.math.farcall_new_attribute = 1
-    assert hasattr(conn.modules.math, "farcall_new_attribute") is False
-
-
-def test_setting_an_attribute_on_an_instance_is_refused(conn: farcall.Connection) -> None:
+def test_setting_and_deleting_attributes_is_allowed_by_default(conn: farcall.Connection) -> None:
     namespace = conn.modules.argparse.Namespace(x=1)
-    with pytest.raises(farcall.PolicyError):
-        namespace.x = 2
-    assert namespace.x == 1
+    namespace.x = 2
+    namespace.y = [3]
+    assert (namespace.x, namespace.y[0]) == (2, 3)
+    del namespace.x
+    assert not hasattr(namespace, "x")
 
 
-def test_deleting_an_attribute_is_refused(conn: farcall.Connection) -> None:
-    remote_math = conn.modules.math
-    with pytest.raises(farcall.PolicyError):
-        del remote_math.pi
-    assert remote_math.pi == math.pi
+def test_setting_an_attribute_is_refused_and_changes_nothing(guarded_server: Server) -> None:
+    with guarded_server.connect() as conn:
+        remote_math = conn.modules.math
+        with pytest.raises(farcall.PolicyError) as info:
+            remote_math.pi = 3
+        assert isinstance(info.value, PermissionError)
+        assert isinstance(info.value, farcall.FarcallError)
+        assert "allow_setattr" in str(info.value) or "mutation" in str(info.value)
+        assert remote_math.pi == math.pi
+        with guarded_server.connect() as other:
+            assert other.modules.math.pi == math.pi
 
 
-def test_the_connection_works_after_a_refused_mutation(conn: farcall.Connection) -> None:
-    with pytest.raises(farcall.PolicyError):
-        conn.modules.math.e = 0
-    assert conn.modules.math.pow(3, 2) == 9.0
+def test_adding_an_attribute_is_refused(guarded_server: Server) -> None:
+    with guarded_server.connect() as conn:
+        with pytest.raises(farcall.PolicyError):
+            conn.modules.math.farcall_new_attribute = 1
+        assert hasattr(conn.modules.math, "farcall_new_attribute") is False
+
+
+def test_setting_an_attribute_on_an_instance_is_refused(guarded_server: Server) -> None:
+    with guarded_server.connect() as conn:
+        namespace = conn.modules.argparse.Namespace(x=1)
+        with pytest.raises(farcall.PolicyError):
+            namespace.x = 2
+        assert namespace.x == 1
+
+
+def test_deleting_an_attribute_is_refused(guarded_server: Server) -> None:
+    with guarded_server.connect() as conn:
+        remote_math = conn.modules.math
+        with pytest.raises(farcall.PolicyError):
+            del remote_math.pi
+        assert remote_math.pi == math.pi
+
+
+def test_the_connection_works_after_a_refused_mutation(guarded_server: Server) -> None:
+    with guarded_server.connect() as conn:
+        with pytest.raises(farcall.PolicyError):
+            conn.modules.math.e = 0
+        assert conn.modules.math.pow(3, 2) == 9.0
 
 
 # -- releasing remote objects --------------------------------------------------

@@ -310,6 +310,11 @@ def test_obtain_copies_nested_containers(s: Any) -> None:
     assert s.stats()[0] == 1  # nothing exported but the original
 
 
+def test_obtain_keeps_slices_and_ellipsis(s: Any) -> None:
+    value = [slice(1, None, -1), ..., (slice(None), ...)]
+    assert s.unbox(b(s, "obtain", ref_to(s, value))) == value
+
+
 def test_obtain_subclasses_as_their_base(s: Any) -> None:
     class L(list):
         pass
