@@ -223,15 +223,21 @@ fn the_server_calls_back_between_calls(c: Case) {
     let counter = Arc::new(AtomicUsize::new(0));
     let twice = calls(&handler, counter.clone());
     client
-        .execute("import threading\nRESULTS = []\ndef later(f, x):\n    threading.Thread(target=lambda: RESULTS.append(f(x))).start()\n")
+        .execute(
+            "import threading\nRESULTS = []\ngate = threading.Event()\ndef later(f, x):\n    \
+             threading.Thread(target=lambda: gate.wait(60) and RESULTS.append(f(x))).start()\n",
+        )
         .unwrap();
     let later: RemoteObject = client.eval("later").unwrap().extract().unwrap();
     later.call(vec![twice, 21.into()]).unwrap();
-    // The call has returned; the server's thread calls back now or soon.
-    let mut served = 0;
-    while served == 0 {
-        served = client.serve(Some(Duration::from_secs(30))).unwrap();
-        assert!(served > 0, "the server's thread did not call back within 30 s");
+    // The call has returned; the server's thread calls back once the gate is
+    // open: while the request opening it waits for its reply, or after, when
+    // only `serve` reads the connection.
+    client.execute("gate.set()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the server's thread did not call back within 30 s");
+        client.serve(Some(Duration::from_secs(30))).unwrap();
     }
     assert_eq!(counter.load(Ordering::SeqCst), 1);
     let results: RemoteObject = client.eval("RESULTS").unwrap().extract().unwrap();
@@ -308,7 +314,6 @@ mod between_calls {
     }
 
     #[test]
-    #[ignore = "needs backend support (H2b): the subprocess worker's own threads calling back after the call returned"]
     fn subprocess_tcp() {
         the_server_calls_back_between_calls(Case { transport: Transport::Tcp, backend: Backend::Subprocess });
     }
