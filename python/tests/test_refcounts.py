@@ -210,8 +210,9 @@ def test_local_objects_passed_as_arguments_are_released_by_the_server(conn: farc
 # -- the server's memory -------------------------------------------------------------------
 
 #: Allowed RSS growth between two measurements after the warm-up. One leaked pass would keep
-#: ~100 000 × 1 KiB bytearrays (> 100 MB), far above this bound; allocator noise stays far below.
-RSS_GROWTH_BOUND_MB = 20
+#: ~100 000 × 1 KiB bytearrays (> 100 MB; the measurement spans three), far above this bound;
+#: allocator noise (a new thread's malloc arena, fragmentation) stays below it: up to ~27 MB seen.
+RSS_GROWTH_BOUND_MB = 60
 PAYLOAD_BYTES = 1024
 
 
