@@ -125,12 +125,19 @@ fn iterate_fetches_items_in_batches() {
     let rest = reference(reply[1].clone());
     let Value::Tuple(reply) = builtin(s, "iterate", vec![mine(rest.id), int(3)]).unwrap() else { panic!() };
     assert_eq!(reply, vec![tuple(vec![int(3), int(4)]), Value::None], "exhausted within the batch: no rest");
-    // Items that are objects are references; a generator works the same.
-    let Value::Tuple(reply) = builtin(s, "iterate", vec![obj(s, "([i] for i in range(2))"), int(10)]).unwrap() else { panic!() };
+    // Items that are objects are references; over a container they come in one batch.
+    let Value::Tuple(reply) = builtin(s, "iterate", vec![obj(s, "[[0], [1]]"), int(10)]).unwrap() else { panic!() };
     let Value::Tuple(items) = &reply[0] else { panic!() };
     assert_eq!(items.len(), 2);
     assert_eq!(reference(items[1].clone()).type_name, "builtins.list");
     assert_eq!(reply[1], Value::None);
+    // Any other iterator stops its batch after an item sent by reference
+    // (reading on could change it: a groupby group), not after values.
+    let Value::Tuple(reply) = builtin(s, "iterate", vec![obj(s, "(x for x in (1, 2, [3], 4))"), int(10)]).unwrap() else { panic!() };
+    let Value::Tuple(items) = &reply[0] else { panic!() };
+    assert_eq!(items.len(), 3);
+    assert_eq!(reference(items[2].clone()).type_name, "builtins.list");
+    assert!(matches!(reply[1], Value::SenderObject(_)), "the generator is not known to be exhausted");
     // An error raised by next() is the reply.
     execute(s, "def broken():\n    yield 1\n    raise KeyError('gone')\n");
     let e = builtin(s, "iterate", vec![obj(s, "broken()"), int(5)]).unwrap_err();
