@@ -1,18 +1,26 @@
 //! The farcall server: accepts connections on any [`Listener`], performs the
 //! handshake, and serves each session's requests with an [`Evaluator`].
 //!
-//! Each connection is served by a small group of threads in a
-//! leader/followers arrangement: one thread reads the next frame, hands the
-//! reading role to an idle thread, then evaluates the request and writes the
-//! reply itself. A call thus costs no thread hand-off, and a slow call never
-//! holds up the others on the same connection.
+//! Each connection has a *home* thread, which reads a request, performs it
+//! and sends the reply itself, then reads the next: a stream of calls costs
+//! no thread hand-off, and requests that do not overlap in time all run on
+//! that one OS thread, so thread-affine libraries (sqlite3 connections, many
+//! C libraries, GUI toolkits, event loops) work across a session's calls as
+//! they would in a local program. A *standby* thread watches: when nobody
+//! has read the connection for a while (0.5 to 1 ms) because the home thread
+//! is busy, it takes over reading, so a slow call never holds up the others
+//! on the same connection; what it reads while the home thread is busy runs
+//! on helper threads, and the first request it reads once the home thread is
+//! free again is handed back to it, which then reads again.
 //!
 //! The protocol is symmetric: an evaluation may call back into the client
 //! (its [`SessionInfo::callbacks`]). A thread waiting for a callback's reply
-//! joins the same arrangement: when nobody is reading it reads itself, serves
-//! the client's requests it finds there (nested calls: client → server →
-//! client → server) and takes its own reply when it comes; replies another
-//! thread reads are handed to their waiting thread.
+//! joins the same arrangement: when nobody is reading it reads itself and
+//! takes its own reply when it comes; replies another thread reads are
+//! handed to their waiting thread. The client's nested requests (client →
+//! server → client → server) run on the home thread when it is free or is
+//! the one waiting (they belong in its call stack), else on the waiting
+//! thread that read them.
 //!
 //! ```no_run
 //! # fn evaluator() -> std::sync::Arc<dyn farcall_core::Evaluator> { unimplemented!() }
@@ -22,10 +30,10 @@
 //! server.serve(Box::new(listener));
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 use farcall_core::handshake::{self, HandshakeReply, ServerHello};
@@ -224,8 +232,23 @@ impl Server {
             eval: Some(eval),
             server: self.clone(),
             callbacks: callbacks.clone(),
-            state: Mutex::new(ConnState { session: Session::new(), reading: false, idle: 0, closed: None }),
+            home_thread: std::thread::current().id(),
+            state: Mutex::new(ConnState {
+                session: Session::new(),
+                reading: false,
+                freed: 0,
+                home: Home::Busy,
+                for_home: None,
+                queue: VecDeque::new(),
+                helpers_idle: 0,
+                awaiting: 0,
+                standby_asleep: false,
+                closed: None,
+            }),
             cond: Condvar::new(),
+            home_cond: Condvar::new(),
+            standby_cond: Condvar::new(),
+            helper_cond: Condvar::new(),
             threads: AtomicUsize::new(1),
         });
         let _ = callbacks.conn.set(Arc::downgrade(&c));
@@ -238,6 +261,7 @@ impl Server {
         let _ = c.conn.set_recv_timeout(None);
         info!(session = id, %peer, client = %hello.client, "session opened");
         drop(self);
+        c.spawn("standby", Conn::stand_by);
         c.work();
     }
 }
@@ -273,26 +297,81 @@ impl Callbacks for ConnCallbacks {
     }
 }
 
+/// How often the standby thread looks at a connection whose requests are
+/// being evaluated: it takes the reading role when it finds it free at two
+/// looks in a row with nothing in between, that is after the role has been
+/// free for 0.5 to 1 ms.
+const TICK: Duration = Duration::from_micros(500);
+
+/// Looks without any request started after which the standby thread stops
+/// looking and sleeps until the next request starts (a quiet connection).
+const QUIET_TICKS: u32 = 40;
+
+/// What the home thread of a connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// Waiting for a request or for the reading role.
+    Idle,
+    /// Holding the reading role, between requests.
+    Reading,
+    /// Performing a request.
+    Busy,
+    /// Sending a reply: about to be idle (or back to waiting for a
+    /// callback's reply), so a request read now is handed to it.
+    Replying,
+    /// Inside a callback, waiting for the client's reply (it serves the
+    /// client's nested requests meanwhile).
+    Awaiting,
+}
+
+/// Who reads the connection in [`Conn::lead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The home thread, between requests.
+    Home,
+    /// The home thread, waiting for a callback's reply.
+    HomeAwaiting,
+    /// Another thread waiting for a callback's reply.
+    Awaiting,
+    /// The standby thread, while the home thread is busy.
+    Standby,
+}
+
 /// What one connection's threads share, under one lock.
 struct ConnState {
     /// The server's own requests to the client (callbacks) and their replies.
     session: Session,
     /// A thread holds the reading role (is in, or about to enter, `recv`).
     reading: bool,
-    /// Threads waiting on `cond` that would take the reading role: idle
-    /// followers and threads waiting for a callback's reply.
-    idle: usize,
+    /// Counts the times the reading role was given up.
+    freed: u64,
+    /// What the home thread is doing.
+    home: Home,
+    /// A request another thread read for the home thread to perform.
+    for_home: Option<Incoming>,
+    /// Requests the standby read while the home thread was busy (they
+    /// overlap its request), for the helper threads.
+    queue: VecDeque<Incoming>,
+    /// Helper threads waiting on `helper_cond` for queued requests.
+    helpers_idle: usize,
+    /// Threads waiting on `cond` for a callback's reply or the reading role.
+    awaiting: usize,
+    /// The standby thread sleeps until the reading role is next given up.
+    standby_asleep: bool,
     /// Why the connection closed, once it has.
     closed: Option<String>,
 }
 
 /// What a thread holding the reading role found.
 enum Found {
-    /// A request of the client (or a bad one) to answer; the reading role has
-    /// been handed on.
+    /// A request of the client (or a bad one) for this thread to answer; the
+    /// reading role has been given up.
     Work(Incoming),
+    /// A request of the client was handed to the home thread; the reading
+    /// role has been given up.
+    Handed,
     /// The reply the reading thread waits for has arrived (take it from the
-    /// session); the reading role has been handed on.
+    /// session); the reading role has been given up.
     Mine,
     /// The connection is closed.
     Closed,
@@ -306,10 +385,20 @@ struct Conn {
     eval: Option<Box<dyn EvalSession>>,
     server: Server,
     callbacks: Arc<ConnCallbacks>,
+    /// The thread that performs the client's requests unless they overlap.
+    home_thread: ThreadId,
     state: Mutex<ConnState>,
-    /// Signalled when the reading role is free, a reply arrives, or the connection closes.
+    /// Threads in [`Conn::call_client`] wait here: a reply arrived, the
+    /// reading role is free, the home thread was handed a request, or the
+    /// connection closed.
     cond: Condvar,
-    /// Server threads serving this connection.
+    /// The home thread waits here between requests.
+    home_cond: Condvar,
+    /// The standby thread looks and sleeps here.
+    standby_cond: Condvar,
+    /// Helper threads wait here for queued requests.
+    helper_cond: Condvar,
+    /// Server threads serving this connection (home, standby, helpers).
     threads: AtomicUsize,
 }
 
@@ -319,16 +408,13 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+fn wait<'a>(cond: &Condvar, st: MutexGuard<'a, ConnState>) -> MutexGuard<'a, ConnState> {
+    cond.wait(st).unwrap_or_else(|p| p.into_inner())
+}
+
 impl Conn {
     fn eval(&self) -> &dyn EvalSession {
         self.eval.as_deref().expect("evaluation session present until drop")
-    }
-
-    fn wait<'a>(&self, mut st: MutexGuard<'a, ConnState>) -> MutexGuard<'a, ConnState> {
-        st.idle += 1;
-        st = self.cond.wait(st).unwrap_or_else(|p| p.into_inner());
-        st.idle -= 1;
-        st
     }
 
     /// Closes the connection: every thread waiting for a reply of the client
@@ -341,7 +427,9 @@ impl Conn {
         st.closed = Some(why.to_owned());
         st.session.close();
         drop(st);
-        self.cond.notify_all();
+        for cond in [&self.cond, &self.home_cond, &self.standby_cond, &self.helper_cond] {
+            cond.notify_all();
+        }
         self.conn.shutdown();
         lock(&self.server.inner.sessions).remove(&self.id);
         info!(session = self.id, peer = %self.conn.peer(), "session closed: {why}");
@@ -360,27 +448,144 @@ impl Conn {
         self.conn.send(&[frame])
     }
 
-    /// The loop of a server thread serving this connection: wait for the
-    /// reading role, read until there is work, do it, again.
+    /// Starts another thread serving this connection, within
+    /// `max_threads_per_connection`; false when none was started.
+    fn spawn(self: &Arc<Self>, what: &str, run: fn(Arc<Conn>)) -> bool {
+        if self.threads.fetch_add(1, Ordering::SeqCst) >= self.server.inner.options.max_threads_per_connection {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        let me = self.clone();
+        let spawned =
+            std::thread::Builder::new().name(format!("farcall-{what}{}", self.id)).stack_size(WORKER_STACK).spawn(move || run(me));
+        if let Err(e) = spawned {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            warn!(session = self.id, "could not start a {what} thread: {e}");
+            return false;
+        }
+        true
+    }
+
+    /// Gives up the reading role (the caller holds it) and wakes whoever may
+    /// want it: the idle home thread, threads waiting for callback replies,
+    /// and the standby thread if it sleeps.
+    fn free_role(&self, st: &mut ConnState) {
+        st.reading = false;
+        st.freed = st.freed.wrapping_add(1);
+        if st.home == Home::Idle {
+            self.home_cond.notify_one();
+        }
+        if st.awaiting > 0 {
+            self.cond.notify_all();
+        }
+        if st.standby_asleep {
+            st.standby_asleep = false;
+            self.standby_cond.notify_one();
+        }
+    }
+
+    /// Queues a request that overlaps the home thread's for a helper thread
+    /// (woken, or started when none is idle). At the thread limit, gives it
+    /// back for the caller to perform itself.
+    fn queue(self: &Arc<Self>, st: &mut ConnState, work: Incoming) -> Option<Incoming> {
+        st.queue.push_back(work);
+        if st.queue.len() <= st.helpers_idle {
+            self.helper_cond.notify_one();
+        } else if !self.spawn("h", Conn::help) {
+            return st.queue.pop_back();
+        }
+        None
+    }
+
+    /// The loop of the connection's home thread: perform the requests other
+    /// threads hand over, else read the next one and perform it, else wait.
     fn work(self: Arc<Self>) {
-        loop {
-            let mut st = lock(&self.state);
-            while st.reading && st.closed.is_none() {
-                st = self.wait(st);
-            }
-            if st.closed.is_some() {
-                break;
-            }
-            st.reading = true;
-            drop(st);
-            match self.lead(None) {
-                Found::Work(incoming) => {
-                    if !self.serve(incoming) {
-                        break;
+        let mut st = lock(&self.state);
+        while st.closed.is_none() {
+            if let Some(work) = st.for_home.take().or_else(|| st.queue.pop_front()) {
+                st.home = Home::Busy;
+                drop(st);
+                self.serve(work, true);
+            } else if !st.reading {
+                st.reading = true;
+                st.home = Home::Reading;
+                drop(st);
+                match self.lead(Reader::Home, None) {
+                    Found::Work(work) => {
+                        self.serve(work, true);
                     }
+                    Found::Closed => break,
+                    Found::Handed | Found::Mine => {}
                 }
-                Found::Mine => {}
-                Found::Closed => break,
+            } else {
+                st.home = Home::Idle;
+                st = wait(&self.home_cond, st);
+                continue;
+            }
+            st = lock(&self.state);
+        }
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The loop of the standby thread: while requests are being evaluated
+    /// and nobody reads the connection, take the reading role once it has
+    /// been free for a tick; sleep while the connection is quiet. (At the
+    /// thread limit it performs an overlapping request itself.)
+    fn stand_by(self: Arc<Self>) {
+        // `freed` when the role was last seen free, and when last seen at all.
+        let (mut seen_free, mut seen) = (None, u64::MAX);
+        let mut quiet = 0;
+        let mut st = lock(&self.state);
+        while st.closed.is_none() {
+            if !st.reading {
+                if seen_free == Some(st.freed) {
+                    st.reading = true;
+                    drop(st);
+                    match self.lead(Reader::Standby, None) {
+                        Found::Work(work) => {
+                            self.serve(work, false);
+                        }
+                        Found::Closed => break,
+                        Found::Handed | Found::Mine => {}
+                    }
+                    (seen_free, quiet) = (None, 0);
+                    st = lock(&self.state);
+                    continue;
+                }
+                (seen_free, quiet) = (Some(st.freed), 0);
+            } else {
+                seen_free = None;
+                if st.freed == seen {
+                    quiet += 1;
+                } else {
+                    (seen, quiet) = (st.freed, 0);
+                }
+                if quiet >= QUIET_TICKS {
+                    st.standby_asleep = true;
+                    while st.standby_asleep && st.closed.is_none() {
+                        st = wait(&self.standby_cond, st);
+                    }
+                    quiet = 0;
+                    continue;
+                }
+            }
+            st = self.standby_cond.wait_timeout(st, TICK).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The loop of a helper thread: perform the queued requests.
+    fn help(self: Arc<Self>) {
+        let mut st = lock(&self.state);
+        while st.closed.is_none() {
+            if let Some(work) = st.queue.pop_front() {
+                drop(st);
+                self.serve(work, false);
+                st = lock(&self.state);
+            } else {
+                st.helpers_idle += 1;
+                st = wait(&self.helper_cond, st);
+                st.helpers_idle -= 1;
             }
         }
         self.threads.fetch_sub(1, Ordering::SeqCst);
@@ -388,10 +593,18 @@ impl Conn {
 
     /// Reads frames while holding the reading role, until one needs a thread
     /// (a request of the client, or the reply `awaited`, if given) or the
-    /// connection ends. Releases are applied here, before the role is handed
-    /// on, so a request sent after a release never sees the released object.
+    /// connection ends. Releases are applied here, before the role is given
+    /// up, so a request sent after a release never sees the released object.
     /// Replies to other threads' requests are stored for them.
-    fn lead(self: &Arc<Self>, awaited: Option<RequestId>) -> Found {
+    ///
+    /// A request goes to the home thread whenever it is free to take it (idle,
+    /// or waiting for a callback's reply: a nested request belongs in its
+    /// call stack), so requests that do not overlap all run there. Otherwise
+    /// the home thread performs what it reads, another thread waiting for a
+    /// callback's reply performs what it reads, and the standby queues what
+    /// it reads for a helper and reads on (at the thread limit it performs
+    /// it itself).
+    fn lead(self: &Arc<Self>, reader: Reader, awaited: Option<RequestId>) -> Found {
         loop {
             let body = match self.conn.recv() {
                 Ok(b) => b,
@@ -408,12 +621,13 @@ impl Conn {
                     self.eval().release(&refs);
                 }
                 Ok(Incoming::Reply(id)) if Some(id) == awaited => {
-                    self.hand_off(st);
+                    self.free_role(&mut st);
                     return Found::Mine;
                 }
                 Ok(Incoming::Reply(_)) => {
-                    drop(st);
-                    self.cond.notify_all();
+                    if st.awaiting > 0 {
+                        self.cond.notify_all();
+                    }
                 }
                 Ok(Incoming::Cancel(rid)) => {
                     drop(st);
@@ -429,10 +643,33 @@ impl Conn {
                     }
                     debug!(session = self.id, request = id, "late reply from the client dropped");
                 }
-                Ok(work @ (Incoming::Request { .. } | Incoming::BadRequest { .. })) => {
-                    self.hand_off(st);
-                    return Found::Work(work);
-                }
+                Ok(work @ (Incoming::Request { .. } | Incoming::BadRequest { .. })) => match reader {
+                    Reader::Home | Reader::HomeAwaiting => {
+                        self.free_role(&mut st);
+                        st.home = Home::Busy;
+                        return Found::Work(work);
+                    }
+                    Reader::Awaiting | Reader::Standby
+                        if st.for_home.is_none() && matches!(st.home, Home::Idle | Home::Awaiting | Home::Replying) =>
+                    {
+                        st.for_home = Some(work);
+                        if st.home == Home::Awaiting {
+                            self.cond.notify_all();
+                        }
+                        self.free_role(&mut st);
+                        return Found::Handed;
+                    }
+                    Reader::Awaiting => {
+                        self.free_role(&mut st);
+                        return Found::Work(work);
+                    }
+                    Reader::Standby => {
+                        if let Some(work) = self.queue(&mut st, work) {
+                            self.free_role(&mut st);
+                            return Found::Work(work);
+                        }
+                    }
+                },
                 Err(e) => {
                     drop(st);
                     self.fail(&e.to_string());
@@ -451,28 +688,11 @@ impl Conn {
         self.close(why);
     }
 
-    /// Gives up the reading role: wakes a thread waiting for it, or starts
-    /// one when none waits, so the connection is always being read.
-    fn hand_off(self: &Arc<Self>, mut st: MutexGuard<'_, ConnState>) {
-        st.reading = false;
-        let (idle, closed) = (st.idle, st.closed.is_some());
-        drop(st);
-        if idle > 0 {
-            self.cond.notify_all();
-        } else if !closed && self.threads.load(Ordering::SeqCst) < self.server.inner.options.max_threads_per_connection {
-            self.threads.fetch_add(1, Ordering::SeqCst);
-            let me = self.clone();
-            let spawned =
-                std::thread::Builder::new().name(format!("farcall-s{}", self.id)).stack_size(WORKER_STACK).spawn(move || me.work());
-            if spawned.is_err() {
-                self.threads.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-    }
-
     /// Performs a request of the client and sends the reply; false when the
-    /// connection failed.
-    fn serve(&self, incoming: Incoming) -> bool {
+    /// connection failed. On the home thread (`home`), the request counts as
+    /// done once its reply is about to go: the client may send its next
+    /// request as soon as the reply arrives, and that one does not overlap.
+    fn serve(&self, incoming: Incoming, home: bool) -> bool {
         let frame = match incoming {
             Incoming::Request { id, op } => reply_frame(id, self.perform(op)),
             Incoming::BadRequest { id, error } => {
@@ -481,6 +701,9 @@ impl Conn {
             }
             _ => return true,
         };
+        if home {
+            lock(&self.state).home = Home::Replying;
+        }
         if let Err(e) = self.send(&frame) {
             self.close(&format!("sending a reply failed: {e}"));
             return false;
@@ -514,8 +737,11 @@ impl Conn {
     /// A request of the server to the client (a callback), from any thread:
     /// sends it, then waits for its reply, reading the connection itself
     /// when no other thread is (serving the client's requests it finds).
+    /// On the home thread it also performs the requests handed to it: the
+    /// client's nested requests run in the call stack that waits.
     fn call_client(self: &Arc<Self>, op: Request) -> Result<Value, RemoteException> {
         let lost = |why: &str| RemoteException::connection_lost(format!("the client's connection is closed ({why})"));
+        let home = std::thread::current().id() == self.home_thread;
         let (id, frame) = {
             let mut st = lock(&self.state);
             if let Some(why) = &st.closed {
@@ -527,27 +753,43 @@ impl Conn {
             self.close(&format!("sending a request to the client failed: {e}"));
         }
         let mut st = lock(&self.state);
-        loop {
+        let before = st.home;
+        if home {
+            st.home = Home::Awaiting;
+        }
+        let outcome = loop {
             if let Some(outcome) = st.session.take_reply(id) {
-                return outcome;
+                break outcome;
             }
             if let Some(why) = &st.closed {
-                return Err(lost(why));
+                break Err(lost(why));
             }
-            if st.reading {
-                st = self.wait(st);
+            let handed = if home { st.for_home.take() } else { None };
+            if let Some(work) = handed {
+                st.home = Home::Busy;
+                drop(st);
+                self.serve(work, true);
+            } else if st.reading {
+                st.awaiting += 1;
+                st = wait(&self.cond, st);
+                st.awaiting -= 1;
                 continue;
-            }
-            st.reading = true;
-            drop(st);
-            match self.lead(Some(id)) {
-                Found::Work(incoming) => {
-                    self.serve(incoming);
+            } else {
+                st.reading = true;
+                drop(st);
+                if let Found::Work(work) = self.lead(if home { Reader::HomeAwaiting } else { Reader::Awaiting }, Some(id)) {
+                    self.serve(work, home);
                 }
-                Found::Mine | Found::Closed => {}
             }
             st = lock(&self.state);
+            if home {
+                st.home = Home::Awaiting;
+            }
+        };
+        if home {
+            st.home = before;
         }
+        outcome
     }
 }
 

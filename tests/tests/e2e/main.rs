@@ -12,3 +12,4 @@ mod network;
 mod rust_client;
 mod secure;
 mod seed_example;
+mod thread_affinity;
