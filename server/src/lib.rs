@@ -235,9 +235,10 @@ impl Server {
             home_thread: std::thread::current().id(),
             state: Mutex::new(ConnState {
                 session: Session::new(),
-                reading: false,
+                // The home thread starts out reading.
+                reading: true,
                 freed: 0,
-                home: Home::Busy,
+                home: Home::Reading,
                 for_home: None,
                 queue: VecDeque::new(),
                 helpers_idle: 0,
@@ -500,29 +501,42 @@ impl Conn {
     /// The loop of the connection's home thread: perform the requests other
     /// threads hand over, else read the next one and perform it, else wait.
     fn work(self: Arc<Self>) {
-        let mut st = lock(&self.state);
-        while st.closed.is_none() {
-            if let Some(work) = st.for_home.take().or_else(|| st.queue.pop_front()) {
-                st.home = Home::Busy;
-                drop(st);
-                self.serve(work, true);
-            } else if !st.reading {
-                st.reading = true;
-                st.home = Home::Reading;
-                drop(st);
-                match self.lead(Reader::Home, None) {
+        enum Next {
+            Read,
+            Perform(Incoming),
+        }
+        // The home thread starts out holding the reading role.
+        let mut next = Some(Next::Read);
+        while let Some(step) = next {
+            match step {
+                Next::Perform(work) => {
+                    self.serve(work, true);
+                }
+                Next::Read => match self.lead(Reader::Home, None) {
                     Found::Work(work) => {
                         self.serve(work, true);
                     }
                     Found::Closed => break,
                     Found::Handed | Found::Mine => {}
+                },
+            }
+            let mut st = lock(&self.state);
+            next = loop {
+                if st.closed.is_some() {
+                    break None;
                 }
-            } else {
+                if let Some(work) = st.for_home.take().or_else(|| st.queue.pop_front()) {
+                    st.home = Home::Busy;
+                    break Some(Next::Perform(work));
+                }
+                if !st.reading {
+                    st.reading = true;
+                    st.home = Home::Reading;
+                    break Some(Next::Read);
+                }
                 st.home = Home::Idle;
                 st = wait(&self.home_cond, st);
-                continue;
-            }
-            st = lock(&self.state);
+            };
         }
         self.threads.fetch_sub(1, Ordering::SeqCst);
     }
@@ -742,21 +756,24 @@ impl Conn {
     fn call_client(self: &Arc<Self>, op: Request) -> Result<Value, RemoteException> {
         let lost = |why: &str| RemoteException::connection_lost(format!("the client's connection is closed ({why})"));
         let home = std::thread::current().id() == self.home_thread;
-        let (id, frame) = {
+        let (id, frame, before) = {
             let mut st = lock(&self.state);
             if let Some(why) = &st.closed {
                 return Err(lost(why));
             }
-            st.session.request_owned(op)
+            // Before the request goes: the client's nested requests may come
+            // as soon as it arrives, and they are for this thread.
+            let before = st.home;
+            if home {
+                st.home = Home::Awaiting;
+            }
+            let (id, frame) = st.session.request_owned(op);
+            (id, frame, before)
         };
         if let Err(e) = self.send(&frame) {
             self.close(&format!("sending a request to the client failed: {e}"));
         }
         let mut st = lock(&self.state);
-        let before = st.home;
-        if home {
-            st.home = Home::Awaiting;
-        }
         let outcome = loop {
             if let Some(outcome) = st.session.take_reply(id) {
                 break outcome;

@@ -25,12 +25,14 @@ const BOUND: Duration = Duration::from_secs(20);
 
 /// An evaluator whose `Builtin` operations each return the performing
 /// thread's id (as a string):
-/// - `tid()` → just that;
+/// - `tid()` → just that; `tid(ms)` after keeping the thread busy for `ms`
+///   milliseconds (long enough for the standby thread to take over reading);
 /// - `block()` → waits until `unblock` is called on the session (at most
 ///   [`BOUND`], then fails), then the id;
 /// - `unblock()` → lets `block` return, then the id;
 /// - `call(ref)` → calls the client object `ref()` and returns
-///   `(id, what the client returned)`.
+///   `(id, what the client returned)`; `call(ref, ms)` keeps the thread busy
+///   for `ms` milliseconds first.
 #[derive(Debug)]
 struct ThreadEvaluator;
 
@@ -50,6 +52,17 @@ impl Evaluator for ThreadEvaluator {
     }
 }
 
+/// Keeps this thread busy (not sleeping: a thread that computes) for the
+/// milliseconds `args` may hold.
+fn busy(args: &[Value]) {
+    if let Some(Value::Int(ms)) = args.first() {
+        let until = Instant::now() + Duration::from_millis(*ms as u64);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 fn thread_id() -> Value {
     Value::Str(format!("{:?}", std::thread::current().id()))
 }
@@ -58,7 +71,10 @@ impl EvalSession for ThreadSession {
     fn evaluate(&self, request: Request) -> Outcome {
         let Request::Builtin { name, mut args } = request else { return Err(RemoteException::protocol("only builtins here")) };
         match name.as_str() {
-            "tid" => Ok(thread_id()),
+            "tid" => {
+                busy(&args);
+                Ok(thread_id())
+            }
             "block" => {
                 let deadline = Instant::now() + BOUND;
                 let mut open = self.gate.lock().unwrap();
@@ -78,7 +94,10 @@ impl EvalSession for ThreadSession {
                 Ok(thread_id())
             }
             "call" => {
-                let Some(Value::SenderObject(f)) = args.pop() else { return Err(RemoteException::protocol("call takes a client object")) };
+                busy(args.get(1..).unwrap_or_default());
+                let Some(Value::SenderObject(f)) = args.drain(..).next() else {
+                    return Err(RemoteException::protocol("call takes a client object"));
+                };
                 let here = thread_id();
                 let got = self.callbacks.request(Request::Call { target: Target::object(f.id), args: vec![], kwargs: vec![] })?;
                 Ok(Value::Tuple(vec![here, got]))
@@ -237,8 +256,25 @@ fn a_nested_request_during_a_callback_runs_on_the_home_thread(t: Transport) {
     assert_all_on(&home, &tids, "sequential requests after callbacks");
 }
 
+fn requests_that_keep_the_home_thread_busy_still_run_there_one_after_another(t: Transport) {
+    let server = server(t);
+    let mut raw = Raw::connect(&server);
+    let home = raw.call("tid", vec![]);
+    // Each keeps the home thread busy long enough for the standby thread to
+    // take over reading: it reads the next request, and hands it home.
+    let tids: Vec<Value> = (0..10).map(|_| raw.call("tid", vec![Value::Int(3)])).collect();
+    assert_all_on(&home, &tids, "busy sequential requests");
+    // The same around a callback: the nested request comes while the
+    // standby reads, and goes to the home thread that waits for it.
+    for round in 0..5 {
+        let Value::Tuple(got) = raw.call("call", vec![nested_tid(), Value::Int(3)]) else { panic!("call returns a tuple") };
+        assert_eq!(got, vec![home.clone(), home.clone()], "round {round}: a busy call and its nested request run at home");
+    }
+}
+
 per_transport!(
     sequential_requests_all_run_on_one_thread,
+    requests_that_keep_the_home_thread_busy_still_run_there_one_after_another,
     after_overlapping_requests_sequential_ones_return_to_the_home_thread,
     a_nested_request_during_a_callback_runs_on_the_home_thread,
 );
