@@ -40,6 +40,9 @@ use farcall_core::{Callbacks, Message, NoCallbacks, Release, RemoteException, Re
 use crate::sys::{self, Exit, Wait, WakePipe};
 use crate::{SEMANTICS_PY, WORKER_PROTOCOL, WORKER_PY};
 
+/// The exit status the worker uses when it ran out of memory (`EXIT_OUT_OF_MEMORY` in `farcall_worker.py`).
+const EXIT_OUT_OF_MEMORY: i32 = 71;
+
 /// The program given to `python -c`: refuses Pythons older than 3.9 with a
 /// clear message (in syntax old Pythons can parse), then reads the two
 /// modules' sources from stdin and runs the worker.
@@ -1072,6 +1075,10 @@ impl Shared {
     }
 
     /// Why the worker ended, as the end of "the worker ... died: ".
+    ///
+    /// The worker's notice says why when it could send one; else its exit
+    /// status does (`EXIT_OUT_OF_MEMORY` is the worker's own, see
+    /// `farcall_worker.py`).
     fn why(&self, st: &State, exit: Exit) -> String {
         let mb = self.config.max_memory_mb;
         match (&st.kill_reason, &st.notice, exit) {
@@ -1079,6 +1086,9 @@ impl Shared {
             (Some(KillReason::Malformed(m)), _, _) => format!("it sent a malformed message and was killed ({m})"),
             (Some(KillReason::Closed), _, _) => "its session was closed".into(),
             (_, Some(n), _) if n.reason == "out_of_memory" => format!("it ran out of memory (max_memory_mb = {mb})"),
+            // The worker's own exit status for it, when its notice was lost
+            // (the pipe was busy, or the server read the exit first).
+            (_, None, Exit::Code(EXIT_OUT_OF_MEMORY)) => format!("it ran out of memory (max_memory_mb = {mb})"),
             (_, Some(n), _) => n.detail.clone(),
             (Some(KillReason::BrokenPipe), None, Exit::Signal(libc::SIGKILL)) => "it closed its pipes to the server and was killed".into(),
             (_, None, Exit::Code(c)) => format!("it exited with code {c}"),
