@@ -137,3 +137,28 @@ fn module_hints_follow_a_replaced_or_growing_module() {
     let modules = Value::ReceiverObject(Target { id: sys.id, path: vec!["modules".into()] });
     call(&*s, &operator, "delitem", vec![modules, name]).unwrap();
 }
+
+#[test]
+fn cancel_raises_timeout_error_in_the_python_code_of_the_request() {
+    let s = session();
+    let s = &*s;
+    crate::execute(s, "import threading\nstarted = threading.Event()\ndef spin():\n    started.set()\n    while True:\n        pass\n");
+    let spin = reference(crate::eval(s, "spin").unwrap());
+    std::thread::scope(|scope| {
+        let running =
+            scope.spawn(|| s.evaluate_request(7, Request::Call { target: Target::object(spin.id), args: vec![], kwargs: vec![] }));
+        assert_eq!(crate::eval(s, "started.wait(60)").unwrap(), Value::Bool(true));
+        s.cancel(7);
+        let e = running.join().unwrap().unwrap_err();
+        assert_eq!(e.qualified_type(), "builtins.TimeoutError", "{e:?}");
+    });
+    // Nothing lingers: a cancel of a finished or unknown request does nothing,
+    // and the next requests (on any thread) run to their end.
+    s.cancel(7);
+    s.cancel(12345);
+    let done = reference(crate::eval(s, "lambda: sum(range(100000))").unwrap());
+    for id in 20..25 {
+        let r = s.evaluate_request(id, Request::Call { target: Target::object(done.id), args: vec![], kwargs: vec![] });
+        assert_eq!(r.unwrap(), Value::Int(4999950000));
+    }
+}

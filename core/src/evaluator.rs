@@ -29,7 +29,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::message::{Release, Request};
+use crate::message::{Release, Request, RequestId};
 use crate::transport::PeerInfo;
 use crate::value::{RemoteException, Value};
 
@@ -120,4 +120,18 @@ pub trait EvalSession: Send + Sync {
     fn evaluate(&self, request: Request) -> Result<Value, RemoteException>;
     /// Gives back references the client dropped.
     fn release(&self, refs: &[Release]);
+    /// Performs the client's request `id` (the server calls this; the id lets
+    /// [`EvalSession::cancel`] name the request). By default [`EvalSession::evaluate`].
+    fn evaluate_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
+        let _ = id;
+        self.evaluate(request)
+    }
+    /// The client no longer wants the reply to its request `id` (it timed
+    /// out): stop that request where the backend can, for example by raising
+    /// in the Python code running it. Advisory: a request that is not
+    /// running any more, or cannot be interrupted, is left alone, and the
+    /// backend must stay fully usable. By default nothing happens.
+    fn cancel(&self, id: RequestId) {
+        let _ = id;
+    }
 }

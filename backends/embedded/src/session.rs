@@ -2,10 +2,11 @@
 //! requests performed on it.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use farcall_core::{Callbacks, EvalSession, Release, RemoteException, Request, Value};
+use farcall_core::{Callbacks, EvalSession, Release, RemoteException, Request, RequestId, Value};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 
@@ -70,6 +71,53 @@ pub struct EmbeddedSession {
     semantics: Arc<Semantics>,
     /// `None` when the session could not be created; every request then fails.
     methods: Result<Methods, RemoteException>,
+    /// The client's requests being performed, for [`EvalSession::cancel`].
+    /// Changed and read only while attached to Python: the GIL orders a
+    /// cancellation against the end of the request it names.
+    running: Mutex<Running>,
+}
+
+/// The requests of a session being performed, and on which Python thread.
+#[derive(Default)]
+struct Running {
+    /// Request id → the Python thread performing it.
+    threads: HashMap<RequestId, std::ffi::c_ulong>,
+    /// Python thread → the request it performs innermost (a thread waiting
+    /// for a callback's reply may perform a nested request meanwhile).
+    innermost: HashMap<std::ffi::c_ulong, RequestId>,
+}
+
+impl EmbeddedSession {
+    fn running(&self) -> MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Performs request `id` on this Python thread, so that it can be cancelled.
+    fn perform_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
+        let methods = self.methods.as_ref().map_err(Clone::clone)?;
+        interpreter::keep_thread_state();
+        Python::attach(|py| {
+            // SAFETY: plain C calls of the interpreter this thread is attached to.
+            let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+            let outer = {
+                let mut running = self.running();
+                running.threads.insert(id, thread);
+                running.innermost.insert(thread, id)
+            };
+            let result = self.run(py, methods, request).map_err(|err| self.semantics.describe(py, err));
+            let mut running = self.running();
+            running.threads.remove(&id);
+            match outer {
+                Some(outer) => running.innermost.insert(thread, outer),
+                None => running.innermost.remove(&thread),
+            };
+            // A cancellation that arrived too late to be raised (the code was
+            // in C until it returned) must not reach the thread's next request.
+            // SAFETY: as above; a null exception clears the pending one.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, std::ptr::null_mut()) };
+            result
+        })
+    }
 }
 
 impl std::fmt::Debug for EmbeddedSession {
@@ -148,7 +196,18 @@ impl EmbeddedSession {
         if let Err(e) = &methods {
             tracing::error!(session = id, error = %e, "the embedded evaluator could not open a session");
         }
-        EmbeddedSession { id, semantics, methods }
+        EmbeddedSession { id, semantics, methods, running: Mutex::default() }
+    }
+
+    /// The reply of a request whose evaluation panicked.
+    fn panicked(&self, op: &str, panic: Box<dyn std::any::Any + Send>) -> Result<Value, RemoteException> {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(session = self.id, op, panic = %what, "the embedded evaluator panicked");
+        Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
     }
 
     /// Performs `request`, describing every failure as data.
@@ -203,15 +262,33 @@ impl EmbeddedSession {
 impl EvalSession for EmbeddedSession {
     fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
         let op = request.name();
-        catch_unwind(AssertUnwindSafe(|| self.perform(request))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(session = self.id, op, panic = %what, "the embedded evaluator panicked");
-            Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
-        })
+        catch_unwind(AssertUnwindSafe(|| self.perform(request))).unwrap_or_else(|panic| self.panicked(op, panic))
+    }
+
+    fn evaluate_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
+        let op = request.name();
+        catch_unwind(AssertUnwindSafe(|| self.perform_request(id, request))).unwrap_or_else(|panic| self.panicked(op, panic))
+    }
+
+    /// Raises `TimeoutError` in the Python code performing request `id`, at
+    /// its next bytecode (code blocked in C, such as `time.sleep`, finishes
+    /// that first). Only the innermost request of a thread is interrupted: a
+    /// request that waits for a callback while a nested one runs is left alone.
+    fn cancel(&self, id: RequestId) {
+        if self.methods.is_err() {
+            return;
+        }
+        interpreter::keep_thread_state();
+        Python::attach(|_py| {
+            let running = self.running();
+            let Some(&thread) = running.threads.get(&id) else { return };
+            if running.innermost.get(&thread) != Some(&id) {
+                return;
+            }
+            tracing::debug!(session = self.id, request = id, "cancelling a request: raising TimeoutError in its Python code");
+            // SAFETY: attached; the exception type is a borrowed static.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, pyo3::ffi::PyExc_TimeoutError) };
+        });
     }
 
     fn release(&self, refs: &[Release]) {

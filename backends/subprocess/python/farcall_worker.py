@@ -16,7 +16,8 @@ Protocol (frames are a 4-byte big-endian length, then the body):
 
    - server -> worker: requests ``[0, id, opcode, fields...]`` of the
      client, releases ``[3, id, count, ...]`` of this session's objects,
-     cancels ``[4, id]`` (ignored: a running call cannot be stopped), and
+     cancels ``[4, id]`` (the call performing request ``id`` gets a
+     ``TimeoutError`` raised in its Python code; see :meth:`Worker.cancel`), and
      the replies ``[1, id, value]`` / ``[2, id, exception]`` to the
      worker's own requests;
    - worker -> server: the replies to the server's requests, and the
@@ -890,6 +891,11 @@ class Worker:
         self.count_lock = threading.Lock()
         self.idle = 0
         self.threads = 1
+        # Requests being performed: id -> [ident of the thread performing it,
+        # cancelled?] (guarded by `running_lock`, which orders a cancel against
+        # a request's end).
+        self.running = {}
+        self.running_lock = threading.Lock()
         # Prepared now: when memory runs out there may be none to encode it.
         self.out_of_memory_notice = encode_notice(
             "out_of_memory", "a request ran out of memory (max_memory_mb = %d)" % max_memory_mb
@@ -978,7 +984,46 @@ class Worker:
                 self.session.release(msg[1])
             elif kind == KIND_REPLY_OK or kind == KIND_REPLY_ERR:
                 self.deliver(kind, msg[1], msg[2])
-            # A cancel is advisory: a running call cannot be stopped.
+            elif kind == KIND_CANCEL:
+                self.cancel(msg[1])
+
+    def cancel(self, request_id):
+        """Raises ``TimeoutError`` in the Python code performing request
+        ``request_id`` (at its next bytecode: code blocked in C finishes
+        first); nothing when it is not being performed any more."""
+        with self.running_lock:
+            entry = self.running.get(request_id)
+            if entry is not None and not entry[1]:
+                entry[1] = True
+                _set_async_exc(entry[0], TimeoutError)
+
+    def _perform_cancellable(self, request_id, op, fields):
+        """``(True, result)`` or ``(False, exception)`` of the request, which
+        :meth:`cancel` may interrupt. A cancellation is raised at most once;
+        one that lands outside the request's own code (in this function's
+        bookkeeping) becomes its outcome, and none reaches later code."""
+        thread = threading.get_ident()
+        outcome = None
+        try:
+            try:
+                with self.running_lock:
+                    self.running[request_id] = [thread, False]
+                outcome = (True, self.session.handle(op, *fields))
+            except BaseException as e:
+                outcome = (False, e)
+        except BaseException as late:
+            if outcome is None:
+                outcome = (False, late)
+        while True:
+            try:
+                with self.running_lock:
+                    entry = self.running.pop(request_id, None)
+                    if entry is not None and entry[1]:
+                        _set_async_exc(thread, None)  # clears one set too late to be raised
+                return outcome
+            except BaseException as late:
+                if outcome is None:
+                    outcome = (False, late)
 
     def serve(self):
         """The loop of each serving thread; never returns."""
@@ -1030,9 +1075,12 @@ class Worker:
 
     def perform(self, request_id, op, fields):
         limited = self.max_memory_mb > 0
+        ok, result = self._perform_cancellable(request_id, op, fields)
         try:
             try:
-                chunks = encode_reply(request_id, self.session.handle(op, *fields))
+                if not ok:
+                    raise result
+                chunks = encode_reply(request_id, result)
             except MemoryError:
                 if limited:
                     self.out_of_memory()
@@ -1050,6 +1098,14 @@ class Worker:
             self.send(chunks)
         except sem.ProtocolError as e:
             self.send(encode_error(request_id, sem.describe(e)))
+
+
+def _set_async_exc(thread, exc_type):
+    """Has ``exc_type`` raised in thread ``thread`` at its next bytecode, or
+    clears a pending one (``exc_type`` None)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None if exc_type is None else ctypes.py_object(exc_type))
 
 
 class Peer:

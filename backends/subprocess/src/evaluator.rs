@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use farcall_core::{
-    BackendInfo, Callbacks, EvalError, EvalSession, Evaluator, NoCallbacks, Release, RemoteException, Request, SessionInfo, Value,
+    BackendInfo, Callbacks, EvalError, EvalSession, Evaluator, NoCallbacks, Release, RemoteException, Request, RequestId, SessionInfo,
+    Value,
 };
 
 use crate::worker::{Config, Worker};
@@ -289,10 +290,11 @@ impl SubprocessSession {
     }
 }
 
-impl EvalSession for SubprocessSession {
-    fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
+impl SubprocessSession {
+    /// Performs a request (the client's request `id`, when known), describing a panic as data.
+    fn perform(&self, id: Option<RequestId>, request: Request) -> Result<Value, RemoteException> {
         let op = request.name();
-        catch_unwind(AssertUnwindSafe(|| self.worker.evaluate(request))).unwrap_or_else(|panic| {
+        catch_unwind(AssertUnwindSafe(|| self.worker.evaluate(id, request))).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -301,6 +303,22 @@ impl EvalSession for SubprocessSession {
             tracing::error!(session = self.id, op, panic = %what, "the subprocess evaluator panicked");
             Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
         })
+    }
+}
+
+impl EvalSession for SubprocessSession {
+    fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
+        self.perform(None, request)
+    }
+
+    fn evaluate_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
+        self.perform(Some(id), request)
+    }
+
+    /// The worker raises `TimeoutError` in the Python code performing
+    /// request `id`, at its next bytecode (code blocked in C finishes first).
+    fn cancel(&self, id: RequestId) {
+        self.worker.cancel(id);
     }
 
     fn release(&self, refs: &[Release]) {

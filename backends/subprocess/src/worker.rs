@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use farcall_core::codec::{self, Frame, Route};
 use farcall_core::framing;
-use farcall_core::{Callbacks, Message, NoCallbacks, Release, RemoteException, Request, Value};
+use farcall_core::{Callbacks, Message, NoCallbacks, Release, RemoteException, Request, RequestId, Value};
 
 use crate::sys::{self, Exit, Wait, WakePipe};
 use crate::{SEMANTICS_PY, WORKER_PROTOCOL, WORKER_PY};
@@ -192,6 +192,9 @@ struct State {
     able: usize,
     /// Calls in flight, and their replies once read.
     pending: HashMap<u64, Option<Result<Value, RemoteException>>>,
+    /// The client's request id → the worker's, for calls in flight that
+    /// the client may cancel.
+    by_client: HashMap<RequestId, u64>,
     kill_reason: Option<KillReason>,
     notice: Option<Notice>,
     /// When a thread found the pipes broken or decided to kill the worker.
@@ -456,11 +459,17 @@ impl Worker {
 
     /// Performs one request; blocks until its reply, the worker's death or
     /// the call timeout.
-    pub(crate) fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
+    pub(crate) fn evaluate(&self, client_id: Option<RequestId>, request: Request) -> Result<Value, RemoteException> {
         if !self.shared.idle_reader.load(Ordering::Relaxed) && holds_client_object(&request) {
             self.start_idle_reader();
         }
-        self.shared.evaluate(request)
+        self.shared.evaluate(client_id, request)
+    }
+
+    /// Asks the worker to stop the call performing the client's request
+    /// `client_id` (it raises `TimeoutError` in that call's Python code).
+    pub(crate) fn cancel(&self, client_id: RequestId) {
+        self.shared.cancel(client_id);
     }
 
     /// Starts the idle reader (once): the session's worker now holds objects
@@ -713,7 +722,21 @@ impl Shared {
 
     // ------------------------------------------------------------ calls
 
-    fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
+    fn cancel(&self, client_id: RequestId) {
+        let id = {
+            let st = self.state();
+            match st.by_client.get(&client_id) {
+                Some(&id) if st.dead.is_none() && st.broken.is_none() => id,
+                _ => return,
+            }
+        };
+        // Advisory: a worker that cannot take it now is past caring.
+        if self.write(&codec::encode(&Message::Cancel(id)), None).is_err() {
+            self.mark_broken(None);
+        }
+    }
+
+    fn evaluate(&self, client_id: Option<RequestId>, request: Request) -> Result<Value, RemoteException> {
         let deadline = self.config.call_timeout.map(|t| Instant::now() + t);
         let id = {
             let mut st = self.state();
@@ -723,6 +746,9 @@ impl Shared {
             st.next_id += 1;
             let id = st.next_id;
             st.pending.insert(id, None);
+            if let Some(client_id) = client_id {
+                st.by_client.insert(client_id, id);
+            }
             // From now on this thread may read (the idle reader need not).
             st.able += 1;
             id
@@ -737,7 +763,13 @@ impl Shared {
                 self.wait_reply(id, deadline)
             }
         };
-        self.state().able -= 1;
+        {
+            let mut st = self.state();
+            st.able -= 1;
+            if let Some(client_id) = client_id {
+                st.by_client.remove(&client_id);
+            }
+        }
         if self.idle_reader.load(Ordering::Relaxed) {
             // Perhaps nobody else can read now: the idle reader can.
             self.state_changed.notify_all();
