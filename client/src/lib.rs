@@ -692,17 +692,7 @@ impl Shared {
                     st = lock(&self.state);
                     break Err(ClientError::Timeout(limit));
                 }
-                st.timed_waiters += 1;
-                st.waiters += 1;
-                if !st.reading {
-                    self.wake_helper(&mut st);
-                }
-                st = match left {
-                    Some(left) => self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0,
-                    None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-                };
-                st.waiters -= 1;
-                st.timed_waiters -= 1;
+                st = self.wait_while_helper_reads(st, left);
                 continue;
             }
             if st.reading {
@@ -715,6 +705,24 @@ impl Shared {
         };
         st.in_wait -= 1;
         result
+    }
+
+    /// Waits, the helper thread reading for this thread (a blocked read
+    /// cannot be interrupted when `left` runs out), until the state changes
+    /// or `left` (None: no limit) passes.
+    fn wait_while_helper_reads<'a>(&self, mut st: MutexGuard<'a, State>, left: Option<Duration>) -> MutexGuard<'a, State> {
+        st.timed_waiters += 1;
+        st.waiters += 1;
+        if !st.reading {
+            self.wake_helper(&mut st);
+        }
+        st = match left {
+            Some(left) => self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0,
+            None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+        };
+        st.waiters -= 1;
+        st.timed_waiters -= 1;
+        st
     }
 
     fn serve_requests(&self, client: &Client, timeout: Option<Duration>) -> Result<usize, ClientError> {
@@ -741,17 +749,7 @@ impl Shared {
                 break Ok(0);
             }
             // Waits like a request with a deadline: the helper reads.
-            st.timed_waiters += 1;
-            st.waiters += 1;
-            if !st.reading {
-                self.wake_helper(&mut st);
-            }
-            st = match left {
-                Some(left) => self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0,
-                None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-            };
-            st.waiters -= 1;
-            st.timed_waiters -= 1;
+            st = self.wait_while_helper_reads(st, left);
         };
         st.in_wait -= 1;
         drop(st);
