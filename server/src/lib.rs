@@ -57,7 +57,9 @@ pub struct ServerOptions {
     pub allow_setattr: bool,
     /// How long a new connection may take to send its handshake.
     pub handshake_timeout: Duration,
-    /// Threads that may serve one connection's requests at once.
+    /// Threads that may serve one connection: its home thread, a standby
+    /// thread and helpers for overlapping requests. With 1, requests run one
+    /// at a time; with 2, the standby performs an overlapping request itself.
     pub max_threads_per_connection: usize,
 }
 
@@ -492,7 +494,7 @@ impl Conn {
         st.queue.push_back(work);
         if st.queue.len() <= st.helpers_idle {
             self.helper_cond.notify_one();
-        } else if !self.spawn("h", Conn::help) {
+        } else if !self.spawn("helper", Conn::help) {
             return st.queue.pop_back();
         }
         None
