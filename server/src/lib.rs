@@ -647,7 +647,10 @@ impl Conn {
                 }
                 Ok(Incoming::Cancel(rid)) => {
                     drop(st);
-                    debug!(session = self.id, request = rid, "cancel received (advisory: the request runs to completion)");
+                    // Advisory: the backend stops the request where it can
+                    // (its reply, if any, is still sent; the client drops it).
+                    debug!(session = self.id, request = rid, "cancel received");
+                    self.eval().cancel(rid);
                 }
                 Ok(Incoming::Late { id, result }) => {
                     drop(st);
@@ -710,7 +713,7 @@ impl Conn {
     /// request as soon as the reply arrives, and that one does not overlap.
     fn serve(&self, incoming: Incoming, home: bool) -> bool {
         let frame = match incoming {
-            Incoming::Request { id, op } => reply_frame(id, self.perform(op)),
+            Incoming::Request { id, op } => reply_frame(id, self.perform(id, op)),
             Incoming::BadRequest { id, error } => {
                 warn!(session = self.id, "{}", error.message);
                 reply_frame(id, Err(error))
@@ -736,7 +739,7 @@ impl Conn {
         true
     }
 
-    fn perform(&self, op: Request) -> Result<Value, RemoteException> {
+    fn perform(&self, id: RequestId, op: Request) -> Result<Value, RemoteException> {
         debug!(session = self.id, op = op.name(), "request");
         match &op {
             Request::SetAttr { name, .. } | Request::DelAttr { name, .. } if !self.server.inner.options.allow_setattr => {
@@ -746,7 +749,7 @@ impl Conn {
                     if matches!(op, Request::SetAttr { .. }) { "assignment" } else { "deletion" }
                 )))
             }
-            _ => self.eval().evaluate(op),
+            _ => self.eval().evaluate_request(id, op),
         }
     }
 
