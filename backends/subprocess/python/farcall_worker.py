@@ -26,12 +26,13 @@ Protocol (frames are a 4-byte big-endian length, then the body):
      and releases of the client's objects (queued by
      ``PeerObject.__del__``, written just ahead of the worker's next frame).
 
-   Requests are served concurrently (a slow call does not hold up the
-   others); a release is applied before any request that follows it. A
-   thread waiting for the reply to a callback does not read: the reading
-   thread delivers the reply to it, and meanwhile the worker keeps serving
+   Requests that do not overlap in time run on one thread, the main one
+   (the home thread); overlapping ones are served concurrently (a slow call
+   does not hold up the others); a release is applied before any request
+   that follows it. A thread waiting for the reply to a callback reads
+   itself when no other thread does, and meanwhile the worker keeps serving
    the server's requests (nested calls: client -> server -> client ->
-   server).
+   server), on the home thread when it is the one waiting.
 4. worker -> server, at most once, just before the worker ends itself: a
    notice ``[127, reason, detail]`` (reason ``out_of_memory``, ``protocol``
    or ``internal``).
@@ -67,6 +68,35 @@ ZERO_COPY_MIN = 16 * 1024
 
 #: Threads that may serve requests at once.
 MAX_THREADS = 128
+
+#: How often (seconds) the standby thread looks at a session whose requests
+#: are being performed: it takes over reading when it finds the reading role
+#: free at two looks in a row with nothing in between.
+TICK = 0.0005
+
+#: Looks without any request started after which the standby thread sleeps
+#: until the next request starts (a quiet session).
+QUIET_TICKS = 40
+
+# What the home thread is doing.
+HOME_IDLE = 0  # waiting for a request or for the reading role
+HOME_READING = 1  # holding the reading role, between requests
+HOME_BUSY = 2  # performing a request
+HOME_REPLYING = 3  # writing a reply (about to be idle)
+HOME_AWAITING = 4  # waiting for a callback's reply
+#: States in which the home thread takes a request another thread read.
+HOME_FREE = (HOME_IDLE, HOME_AWAITING, HOME_REPLYING)
+
+# Who reads (Worker.lead).
+READER_HOME = 0
+READER_HOME_AWAITING = 1
+READER_AWAITING = 2
+READER_STANDBY = 3
+
+#: Worker.lead handed the request it read to the home thread.
+FOUND_HANDED = "handed"
+#: Worker.lead read the reply its thread waits for.
+FOUND_MINE = "mine"
 
 KIND_REQUEST = 0
 KIND_REPLY_OK = 1
@@ -858,11 +888,24 @@ class Worker:
     """Serves one session: reads frames from ``reader``, performs them on a
     :class:`farcall_semantics.Session`, writes replies to ``fd_out``.
 
-    Threads take turns at reading (leader/followers): the reading thread
-    applies releases itself, delivers replies to the threads waiting for
-    them (callbacks), and on a request hands the reading role to an idle
-    thread (starting one if none is idle) before performing it, so a call
-    costs no thread hand-off and a slow call holds up no other.
+    The thread that creates it is the session's *home* thread (the
+    process's main thread): its :meth:`serve` reads a request, performs it
+    and writes the reply itself, then reads the next, so a call costs no
+    thread hand-off and requests that do not overlap in time all run on that
+    one thread (thread-affine libraries -- sqlite3 connections, many C
+    libraries, GUI toolkits, event loops -- keep working across a session's
+    calls, as in a local program). A *standby* thread (:meth:`stand_by`)
+    takes over reading when nobody has read for a while because the home
+    thread is busy, so a slow call holds up no other: what it reads while the
+    home thread is busy runs on helper threads, and the first request it
+    reads once the home thread is free again is handed back to it, which
+    then reads again.
+
+    A thread waiting for the reply to a callback reads itself when nobody
+    else does; a reply another thread reads is delivered to it. The
+    server's nested requests (client -> server -> client -> server) run on
+    the home thread when it is free or is the one waiting (they belong in
+    its call stack), else on the waiting thread that read them.
 
     The session's ``peer`` (:class:`Peer`) sends user code's requests to the
     client's objects up to the server.
@@ -872,24 +915,45 @@ class Worker:
         #: The session's object table and namespace.
         self.session = sem.Session()
         self.session.peer = Peer(self)
-        # Callbacks waiting for their reply: id -> [lock held until the reply, reply].
-        self.calls = {}
-        self.calls_lock = threading.Lock()
-        self.last_call = 0
         # Releases of the client's objects, written ahead of the next frame
         # (appended from finalizers: a deque needs no lock).
         self.releases = collections.deque()
         self.reader = reader
         self.fd_out = fd_out
         self.max_memory_mb = max_memory_mb
-        # Held by the thread reading frames, whose ident is `reading_thread`.
-        self.read_lock = threading.Lock()
-        self.reading_thread = None
         # Held while a frame is written.
         self.write_lock = threading.Lock()
-        # Guards `idle` (threads waiting to read) and `threads` (all serving threads).
-        self.count_lock = threading.Lock()
-        self.idle = 0
+        # The ident of the thread reading frames (see call_peer).
+        self.reading_thread = None
+        #: The thread that performs the requests unless they overlap.
+        self.home_ident = threading.get_ident()
+        # Everything below is guarded by `state_lock`.
+        self.state_lock = threading.Lock()
+        # The home thread waits here between requests.
+        self.home_cond = threading.Condition(self.state_lock)
+        # Threads waiting for a callback's reply wait here.
+        self.call_cond = threading.Condition(self.state_lock)
+        # The standby thread looks and sleeps here.
+        self.standby_cond = threading.Condition(self.state_lock)
+        # Helper threads wait here for queued requests.
+        self.helper_cond = threading.Condition(self.state_lock)
+        # Callbacks waiting for their reply: id -> None, then (kind, value).
+        self.calls = {}
+        self.last_call = 0
+        # A thread holds the reading role (the home thread starts out reading).
+        self.reading = True
+        # Counts the times the reading role was given up.
+        self.freed = 0
+        self.home = HOME_READING
+        # A request another thread read for the home thread to perform.
+        self.for_home = None
+        # Requests the standby read while the home thread was busy.
+        self.queue = collections.deque()
+        self.helpers_idle = 0
+        # Threads waiting on `call_cond`.
+        self.awaiting = 0
+        self.standby_asleep = False
+        # Serving threads (home, standby, helpers).
         self.threads = 1
         # Requests being performed: id -> [ident of the thread performing it,
         # cancelled?] (guarded by `running_lock`, which orders a cancel against
@@ -925,35 +989,76 @@ class Worker:
 
     def call_peer(self, op, fields):
         """Sends request ``op`` to the client and waits for its reply (see
-        :meth:`Peer.request`)."""
-        if self.reading_thread == threading.get_ident():
+        :meth:`Peer.request`), reading the input itself when no other thread
+        does; the home thread also performs the requests handed to it
+        meanwhile."""
+        me = threading.get_ident()
+        if self.reading_thread == me:
             # A finalizer run by a release (or the garbage collector) while
-            # this thread reads: nobody else could read the reply.
+            # this thread reads: it cannot read the reply it would wait for.
             raise sem.FarcallError("the client cannot be called from a finalizer that runs while the worker reads its input")
-        with self.calls_lock:
+        home = me == self.home_ident
+        lock = self.state_lock
+        with lock:
             self.last_call += 1
             request_id = self.last_call
         chunks = encode_request(request_id, op, fields)
-        waiter = [threading.Lock(), None]
-        waiter[0].acquire()
-        with self.calls_lock:
-            self.calls[request_id] = waiter
+        with lock:
+            self.calls[request_id] = None
+            # Before the request goes: the nested requests it may bring are
+            # for this thread.
+            before = self.home
+            if home:
+                self.home = HOME_AWAITING
         self.send(chunks)
-        # Released by the reading thread once the reply is in.
-        waiter[0].acquire()
-        kind, value = waiter[1]
+        lock.acquire()
+        try:
+            while True:
+                reply = self.calls.get(request_id)
+                if reply is not None:
+                    del self.calls[request_id]
+                    break
+                work = None
+                if home and self.for_home is not None:
+                    work, self.for_home = self.for_home, None
+                    self.home = HOME_BUSY
+                elif self.reading:
+                    self.awaiting += 1
+                    self.call_cond.wait()
+                    self.awaiting -= 1
+                    continue
+                else:
+                    self.reading = True
+                    lock.release()
+                    try:
+                        work = self.lead(READER_HOME_AWAITING if home else READER_AWAITING, request_id)
+                    finally:
+                        lock.acquire()
+                if work is not FOUND_MINE and work is not FOUND_HANDED:
+                    lock.release()
+                    try:
+                        self.perform_work(work, home)
+                    finally:
+                        lock.acquire()
+                if home:
+                    self.home = HOME_AWAITING
+            if home:
+                self.home = before
+        finally:
+            lock.release()
+        kind, value = reply
         if kind == KIND_REPLY_OK:
             return value
         raise sem.PeerError(value)
 
     def deliver(self, kind, request_id, value):
         """Hands the reply to a callback to the thread waiting for it."""
-        with self.calls_lock:
-            waiter = self.calls.pop(request_id, None)
-        if waiter is None:
-            raise MalformedMessage("malformed message: a reply to request %d, which the worker did not send or was answered" % request_id)
-        waiter[1] = (kind, value)
-        waiter[0].release()
+        with self.state_lock:
+            if self.calls.get(request_id, 0) is not None:
+                raise MalformedMessage("malformed message: a reply to request %d, which the worker did not send or was answered" % request_id)
+            self.calls[request_id] = (kind, value)
+            if self.awaiting:
+                self.call_cond.notify_all()
 
     def die(self, code, reason, detail=None, body=None):
         """Writes a notice (if the pipe is free soon) and ends the process."""
@@ -970,8 +1075,8 @@ class Worker:
         self.die(EXIT_OUT_OF_MEMORY, "out_of_memory", body=self.out_of_memory_notice)
 
     def next_request(self):
-        """The next request (releases met before it are applied), or
-        ``None`` when the server closed the pipe."""
+        """The next request (releases met before it are applied, replies
+        delivered), or ``None`` when the server closed the pipe."""
         while True:
             body = read_frame(self.reader)
             if body is None:
@@ -1025,55 +1130,227 @@ class Worker:
                 if outcome is None:
                     outcome = (False, late)
 
-    def serve(self):
-        """The loop of each serving thread; never returns."""
+    def free_role(self):
+        """Gives up the reading role (``state_lock`` held) and wakes whoever
+        may want it."""
+        self.reading = False
+        self.freed += 1
+        if self.home == HOME_IDLE:
+            self.home_cond.notify()
+        if self.awaiting:
+            self.call_cond.notify_all()
+        if self.standby_asleep:
+            self.standby_asleep = False
+            self.standby_cond.notify()
+
+    def lead(self, reader, awaited=None):
+        """Reads frames while holding the reading role until one needs a
+        thread: returns a request (or an :class:`UnknownOperation`) for
+        this thread to perform, :data:`FOUND_HANDED` when it handed one to
+        the home thread, :data:`FOUND_MINE` when the reply ``awaited``
+        arrived. Releases are applied, other replies delivered, on the way.
+        The reading role is given up on return. Ends the process when the
+        server closes the pipe or sends a malformed message."""
         try:
+            self.reading_thread = threading.get_ident()
+            lock = self.state_lock
             while True:
-                with self.count_lock:
-                    self.idle += 1
-                with self.read_lock:
-                    with self.count_lock:
-                        self.idle -= 1
-                    self.reading_thread = threading.get_ident()
-                    try:
-                        msg = self.next_request()
-                    except UnknownOperation as e:
-                        msg = e
-                    finally:
-                        self.reading_thread = None
-                if msg is None:
+                body = read_frame(self.reader)
+                if body is None:
                     os._exit(0)
-                self.keep_a_reader()
-                if isinstance(msg, UnknownOperation):
-                    err = sem.describe(sem.ProtocolError("unknown operation %d" % msg.op))
-                    self.send(encode_error(msg.request_id, err))
+                try:
+                    msg = decode_message(body)
+                except UnknownOperation as e:
+                    msg = e
                 else:
-                    self.perform(msg[1], msg[2], msg[3])
+                    kind = msg[0]
+                    if kind == KIND_RELEASE:
+                        self.session.release(msg[1])
+                        continue
+                    if kind == KIND_REPLY_OK or kind == KIND_REPLY_ERR:
+                        self.deliver(kind, msg[1], msg[2])
+                        if msg[1] == awaited:
+                            with lock:
+                                self.free_role()
+                            return FOUND_MINE
+                        continue
+                    if kind == KIND_CANCEL:
+                        self.cancel(msg[1])
+                        continue
+                with lock:
+                    if reader == READER_HOME or reader == READER_HOME_AWAITING:
+                        self.free_role()
+                        self.home = HOME_BUSY
+                        return msg
+                    if self.for_home is None and self.home in HOME_FREE:
+                        self.for_home = msg
+                        if self.home == HOME_AWAITING:
+                            self.call_cond.notify_all()
+                        self.free_role()
+                        return FOUND_HANDED
+                    if reader == READER_AWAITING:
+                        self.free_role()
+                        return msg
+                    # The standby: the request overlaps the home thread's.
+                    self.queue.append(msg)
+                    if len(self.queue) <= self.helpers_idle:
+                        self.helper_cond.notify()
+                    elif not self.spawn(self.help, "farcall-helper"):
+                        # No more threads: perform it here.
+                        self.queue.pop()
+                        self.free_role()
+                        return msg
         except MalformedMessage as e:
             self.die(EXIT_PROTOCOL, "protocol", "the worker received a malformed message: %s" % e)
         except MemoryError:
             self.out_of_memory()
         except BaseException:
-            import traceback
+            self.internal_error()
+        finally:
+            self.reading_thread = None
 
-            text = traceback.format_exc()
-            sys.stderr.write("farcall worker: internal error\n" + text)
-            self.die(EXIT_INTERNAL, "internal", "internal error in the worker: " + text.strip().splitlines()[-1])
+    def internal_error(self):
+        import traceback
 
-    def keep_a_reader(self):
-        """Starts a serving thread if none is waiting to read."""
-        with self.count_lock:
-            if self.idle > 0 or self.threads >= MAX_THREADS:
-                return
-            self.threads += 1
+        text = traceback.format_exc()
+        sys.stderr.write("farcall worker: internal error\n" + text)
+        self.die(EXIT_INTERNAL, "internal", "internal error in the worker: " + text.strip().splitlines()[-1])
+
+    def guarded(self, loop):
+        """Runs a serving loop; ends the process if it fails."""
         try:
-            threading.Thread(target=self.serve, name="farcall-worker", daemon=True).start()
+            loop()
+        except MemoryError:
+            self.out_of_memory()
+        except BaseException:
+            self.internal_error()
+
+    def spawn(self, loop, name):
+        """Starts a serving thread running ``loop`` (``state_lock`` held);
+        False when there can be no more."""
+        if self.threads >= MAX_THREADS:
+            return False
+        self.threads += 1
+        try:
+            threading.Thread(target=self.guarded, args=(loop,), name=name, daemon=True).start()
         except Exception:
             # No more threads (an address-space limit): serve with those there are.
-            with self.count_lock:
-                self.threads -= 1
+            self.threads -= 1
+            return False
+        return True
 
-    def perform(self, request_id, op, fields):
+    def start_standby(self):
+        """Starts the standby thread."""
+        with self.state_lock:
+            self.spawn(self.stand_by, "farcall-standby")
+
+    def serve(self):
+        """The loop of the home thread; never returns."""
+        self.guarded(self.home_loop)
+
+    def home_loop(self):
+        lock = self.state_lock
+        home_cond = self.home_cond
+        # The home thread starts out holding the reading role.
+        work = self.lead(READER_HOME)
+        while True:
+            if work is not None and work is not FOUND_HANDED and work is not FOUND_MINE:
+                self.perform_work(work, True)
+            with lock:
+                while True:
+                    work = self.for_home
+                    if work is not None:
+                        self.for_home = None
+                        self.home = HOME_BUSY
+                        break
+                    if self.queue:
+                        work = self.queue.popleft()
+                        self.home = HOME_BUSY
+                        break
+                    if not self.reading:
+                        self.reading = True
+                        self.home = HOME_READING
+                        break
+                    self.home = HOME_IDLE
+                    home_cond.wait()
+            if work is None:
+                work = self.lead(READER_HOME)
+
+    def stand_by(self):
+        """The loop of the standby thread: while requests are being
+        performed and nobody reads, take the reading role once it has been
+        free for a tick; sleep while the session is quiet."""
+        lock = self.state_lock
+        cond = self.standby_cond
+        seen_free = None
+        seen = -1
+        quiet = 0
+        lock.acquire()
+        try:
+            while True:
+                if not self.reading:
+                    if seen_free == self.freed:
+                        self.reading = True
+                        lock.release()
+                        try:
+                            work = self.lead(READER_STANDBY)
+                            if work is not FOUND_HANDED:
+                                self.perform_work(work, False)
+                        finally:
+                            lock.acquire()
+                        seen_free = None
+                        quiet = 0
+                        continue
+                    seen_free = self.freed
+                    quiet = 0
+                else:
+                    seen_free = None
+                    if self.freed == seen:
+                        quiet += 1
+                    else:
+                        seen = self.freed
+                        quiet = 0
+                    if quiet >= QUIET_TICKS:
+                        self.standby_asleep = True
+                        while self.standby_asleep:
+                            cond.wait()
+                        quiet = 0
+                        continue
+                cond.wait(TICK)
+        finally:
+            lock.release()
+
+    def help(self):
+        """The loop of a helper thread: perform the queued requests."""
+        lock = self.state_lock
+        lock.acquire()
+        try:
+            while True:
+                if self.queue:
+                    work = self.queue.popleft()
+                    lock.release()
+                    try:
+                        self.perform_work(work, False)
+                    finally:
+                        lock.acquire()
+                else:
+                    self.helpers_idle += 1
+                    self.helper_cond.wait()
+                    self.helpers_idle -= 1
+        finally:
+            lock.release()
+
+    def perform_work(self, work, home):
+        if isinstance(work, UnknownOperation):
+            if home:
+                with self.state_lock:
+                    self.home = HOME_REPLYING
+            err = sem.describe(sem.ProtocolError("unknown operation %d" % work.op))
+            self.send(encode_error(work.request_id, err))
+        else:
+            self.perform(work[1], work[2], work[3], home)
+
+    def perform(self, request_id, op, fields, home=False):
         limited = self.max_memory_mb > 0
         ok, result = self._perform_cancellable(request_id, op, fields)
         try:
@@ -1094,6 +1371,18 @@ class Worker:
                 chunks = encode_error(request_id, _internal("MemoryError while describing an exception"))
             except BaseException as e2:
                 chunks = encode_error(request_id, _internal("could not describe an exception: %r" % (e2,)))
+        if not ok:
+            # The exception's traceback holds the request's frames (and their
+            # arguments, client objects among them) in a cycle through this
+            # frame: break it now that the reply is encoded, so that they go
+            # (released to the client) without waiting for the collector.
+            result.__traceback__ = None
+        result = None
+        if home:
+            # Done once the reply is about to go: the server may send the
+            # next request as soon as it arrives, and that one does not overlap.
+            with self.state_lock:
+                self.home = HOME_REPLYING
         try:
             self.send(chunks)
         except sem.ProtocolError as e:
@@ -1187,8 +1476,7 @@ def main():
         "executable": sem.lossy(sys.executable or ""),
         "pid": os.getpid(),
     }
-    # A second thread ready to take over reading, so that the first request
-    # does not wait for one to start.
-    worker.keep_a_reader()
+    # Ready to take over reading when the home thread is busy.
+    worker.start_standby()
     worker.send([encode_map(hello)])
     worker.serve()

@@ -16,7 +16,7 @@ use farcall_core::{
     RequestId, Route, Session, SessionInfo, Target, Value,
 };
 use farcall_server::ServerOptions;
-use farcall_tests::{per_transport, TestCerts, TestServer, Transport};
+use farcall_tests::{per_case, per_transport, Case, TestCerts, TestServer, Transport};
 
 /// A bound on every wait, so a broken server fails the test instead of hanging it.
 const BOUND: Duration = Duration::from_secs(20);
@@ -305,3 +305,46 @@ fn at_one_thread_per_connection_every_request_runs_at_home() {
     tids.extend(got);
     assert_all_on(&tids[0].clone(), &tids, "with one thread");
 }
+
+// ---------------------------------------------------------------- real Python
+
+fn python_ident(client: &farcall_client::Client) -> i64 {
+    client.eval("threading.get_ident()").expect("eval").extract().expect("an int")
+}
+
+/// With the Python backends: a session's sequential calls see one Python
+/// thread (`threading.get_ident()`), a default sqlite3 connection made by one
+/// call works in the next ones, two calls that overlap run on two threads,
+/// and afterwards the session is back on its first thread.
+fn python_calls_of_a_session_run_on_one_thread_unless_they_overlap(c: Case) {
+    let server = c.server();
+    let client = server.client();
+    client
+        .execute("import threading, sqlite3\ndb = sqlite3.connect(':memory:')\nstarted = threading.Event()\ngo = threading.Event()")
+        .expect("setup");
+    let home = python_ident(&client);
+    let idents: Vec<i64> = (0..100).map(|_| python_ident(&client)).collect();
+    assert!(idents.iter().all(|i| *i == home), "sequential calls ran on several threads: {idents:?}");
+    client.execute("db.execute('CREATE TABLE t (x)')").expect("sqlite3 works in a later call");
+    for round in 0..2 {
+        // Each waits for the other: they can only both finish if they overlap.
+        let other = client.clone();
+        let first = std::thread::spawn(move || {
+            other.eval("started.set() or (go.wait(20) and threading.get_ident())").expect("eval").extract::<i64>().expect("an int")
+        });
+        let second: i64 = client
+            .eval("started.wait(20) and (go.set() or threading.get_ident())")
+            .expect("eval")
+            .extract()
+            .expect("an int (not False: the calls overlapped)");
+        let first = first.join().expect("the first caller");
+        assert_ne!(first, second, "round {round}: overlapping calls ran on two threads");
+        assert!(first == home || second == home, "round {round}: one of them ran on the session's thread");
+        client.execute("started.clear(); go.clear()").expect("reset");
+        let idents: Vec<i64> = (0..20).map(|_| python_ident(&client)).collect();
+        assert!(idents.iter().all(|i| *i == home), "round {round}: after overlapping calls, sequential ones ran elsewhere: {idents:?}");
+        client.execute(&format!("db.execute('INSERT INTO t VALUES ({round})')")).expect("sqlite3 still works");
+    }
+}
+
+per_case!(python_calls_of_a_session_run_on_one_thread_unless_they_overlap);
