@@ -288,6 +288,39 @@ impl TestServer {
         farcall_client::Client::connect(&self.url(), &self.options()).expect("client connects")
     }
 
+    /// A transport connection over the server's transport (with `alice`'s
+    /// certificate for TLS and QUIC) that has completed the handshake as
+    /// `client`, its receive timeout `bound` so a test never hangs: for tests
+    /// that drive the protocol with core's session state machine.
+    pub fn connection(&self, client: &str, bound: Duration) -> Box<dyn farcall_core::Connection> {
+        let max = 1 << 24;
+        let tls = || {
+            let certs = TestCerts::get();
+            let files = farcall_tls::ClientTlsFiles {
+                ca: certs.path("ca.pem"),
+                cert: Some(certs.path("alice.pem")),
+                key: Some(certs.path("alice.key")),
+            };
+            files.load(&[farcall_tls::ALPN]).expect("client TLS config")
+        };
+        let conn: Box<dyn farcall_core::Connection> = match self.transport {
+            Transport::Tcp => {
+                Box::new(farcall_transport_tcp::TcpConnection::connect(&self.addr, Some(bound), max, 1 << 16).expect("connects"))
+            }
+            Transport::Tls => Box::new(
+                farcall_transport_tcp::TlsConnection::connect(&self.addr, "127.0.0.1", tls(), Some(bound), max, 1 << 16).expect("connects"),
+            ),
+            Transport::Quic => Box::new(
+                farcall_transport_quic::QuicConnection::connect(&self.addr, "127.0.0.1", tls(), Some(bound), max).expect("connects"),
+            ),
+        };
+        conn.set_recv_timeout(Some(bound)).unwrap();
+        let hello = handshake::encode(&ClientHello::new(client));
+        conn.send(&[&farcall_core::Frame::from_bytes(farcall_core::Route::Oneway, hello.into())]).unwrap();
+        handshake::decode_server_reply(&conn.recv().expect("handshake reply")).expect("accepted");
+        conn
+    }
+
     /// A raw TCP stream to the server, with a 10 s read timeout so a test
     /// never hangs.
     pub fn raw(&self) -> TcpStream {

@@ -10,14 +10,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use farcall_client::{Remote, RemoteObject};
-use farcall_core::handshake::{self, ClientHello};
 use farcall_core::session::{reply_frame, Outcome};
 use farcall_core::{
-    BackendInfo, Callbacks, Connection, EvalError, EvalSession, Evaluator, Frame, Incoming, RefDesc, Release, RemoteException, Request,
-    RequestId, Route, Session, SessionInfo, Target, Value,
+    BackendInfo, Callbacks, Connection, EvalError, EvalSession, Evaluator, Incoming, RefDesc, Release, RemoteException, Request, RequestId,
+    Session, SessionInfo, Target, Value,
 };
 use farcall_server::ServerOptions;
-use farcall_tests::{per_case, per_transport, Case, TestCerts, TestServer, Transport};
+use farcall_tests::{per_case, per_transport, Case, TestServer, Transport};
 
 /// A bound on every wait, so a broken server fails the test instead of hanging it.
 const BOUND: Duration = Duration::from_secs(20);
@@ -149,32 +148,7 @@ struct Raw {
 
 impl Raw {
     fn connect(server: &TestServer) -> Raw {
-        let max = 1 << 24;
-        let tls = || {
-            let certs = TestCerts::get();
-            let files = farcall_tls::ClientTlsFiles {
-                ca: certs.path("ca.pem"),
-                cert: Some(certs.path("alice.pem")),
-                key: Some(certs.path("alice.key")),
-            };
-            files.load(&[farcall_tls::ALPN]).expect("client TLS config")
-        };
-        let conn: Box<dyn Connection> = match server.transport {
-            Transport::Tcp => {
-                Box::new(farcall_transport_tcp::TcpConnection::connect(&server.addr, Some(BOUND), max, 1 << 16).expect("connects"))
-            }
-            Transport::Tls => Box::new(
-                farcall_transport_tcp::TlsConnection::connect(&server.addr, "127.0.0.1", tls(), Some(BOUND), max, 1 << 16)
-                    .expect("connects"),
-            ),
-            Transport::Quic => Box::new(
-                farcall_transport_quic::QuicConnection::connect(&server.addr, "127.0.0.1", tls(), Some(BOUND), max).expect("connects"),
-            ),
-        };
-        conn.set_recv_timeout(Some(BOUND)).unwrap();
-        let hello = handshake::encode(&ClientHello::new("callbacks test"));
-        conn.send(&[&Frame::from_bytes(Route::Oneway, hello.into())]).unwrap();
-        handshake::decode_server_reply(&conn.recv().expect("handshake reply")).expect("accepted");
+        let conn = server.connection("callbacks test", BOUND);
         Raw { conn, session: Session::new(), served: 0, releases: Vec::new() }
     }
 
