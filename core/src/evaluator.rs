@@ -65,6 +65,15 @@ pub trait Callbacks: Send + Sync {
     fn release(&self, refs: &[Release]);
 }
 
+/// The reply to a request whose evaluation panicked in a backend: a
+/// `farcall.InternalError` naming the operation and the panic's message
+/// (backends catch panics so that no request can take the server down).
+pub fn panicked(op: &str, panic: &(dyn std::any::Any + Send)) -> RemoteException {
+    let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    let what = what.unwrap_or_else(|| "unknown panic".into());
+    RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}"))
+}
+
 /// A [`Callbacks`] for sessions without a client to call (tests, tools):
 /// every request fails with a `farcall.ProtocolError`; releases are dropped.
 #[derive(Debug, Clone, Copy, Default)]

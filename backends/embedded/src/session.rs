@@ -80,11 +80,20 @@ pub struct EmbeddedSession {
 /// The requests of a session being performed, and on which Python thread.
 #[derive(Default)]
 struct Running {
-    /// Request id → the Python thread performing it.
-    threads: HashMap<RequestId, std::ffi::c_ulong>,
+    /// Request id → the Python thread performing it, and whether a
+    /// cancellation was raised there for it.
+    threads: HashMap<RequestId, (std::ffi::c_ulong, bool)>,
     /// Python thread → the request it performs innermost (a thread waiting
     /// for a callback's reply may perform a nested request meanwhile).
     innermost: HashMap<std::ffi::c_ulong, RequestId>,
+}
+
+/// A request registered in [`Running`] while it is performed.
+struct Started {
+    id: RequestId,
+    thread: std::ffi::c_ulong,
+    /// The request the thread was performing before (this one is nested in it).
+    outer: Option<RequestId>,
 }
 
 impl EmbeddedSession {
@@ -92,31 +101,30 @@ impl EmbeddedSession {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Performs request `id` on this Python thread, so that it can be cancelled.
-    fn perform_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
-        let methods = self.methods.as_ref().map_err(Clone::clone)?;
-        interpreter::keep_thread_state();
-        Python::attach(|py| {
-            // SAFETY: plain C calls of the interpreter this thread is attached to.
-            let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
-            let outer = {
-                let mut running = self.running();
-                running.threads.insert(id, thread);
-                running.innermost.insert(thread, id)
-            };
-            let result = self.run(py, methods, request).map_err(|err| self.semantics.describe(py, err));
-            let mut running = self.running();
-            running.threads.remove(&id);
-            match outer {
-                Some(outer) => running.innermost.insert(thread, outer),
-                None => running.innermost.remove(&thread),
-            };
+    /// Records that request `id` runs on this Python thread (call attached).
+    fn started(&self, id: RequestId) -> Started {
+        // SAFETY: a plain C call of the interpreter this thread is attached to.
+        let thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+        let mut running = self.running();
+        running.threads.insert(id, (thread, false));
+        let outer = running.innermost.insert(thread, id);
+        Started { id, thread, outer }
+    }
+
+    /// Forgets a request that [`started`](Self::started) recorded (call attached).
+    fn finished(&self, started: Started) {
+        let mut running = self.running();
+        let cancelled = running.threads.remove(&started.id).is_some_and(|(_, cancelled)| cancelled);
+        match started.outer {
+            Some(outer) => running.innermost.insert(started.thread, outer),
+            None => running.innermost.remove(&started.thread),
+        };
+        if cancelled {
             // A cancellation that arrived too late to be raised (the code was
             // in C until it returned) must not reach the thread's next request.
-            // SAFETY: as above; a null exception clears the pending one.
-            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, std::ptr::null_mut()) };
-            result
-        })
+            // SAFETY: attached; a null exception clears the pending one.
+            unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(started.thread as std::ffi::c_long, std::ptr::null_mut()) };
+        }
     }
 }
 
@@ -199,22 +207,27 @@ impl EmbeddedSession {
         EmbeddedSession { id, semantics, methods, running: Mutex::default() }
     }
 
-    /// The reply of a request whose evaluation panicked.
-    fn panicked(&self, op: &str, panic: Box<dyn std::any::Any + Send>) -> Result<Value, RemoteException> {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        tracing::error!(session = self.id, op, panic = %what, "the embedded evaluator panicked");
-        Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
-    }
-
-    /// Performs `request`, describing every failure as data.
-    fn perform(&self, request: Request) -> Result<Value, RemoteException> {
-        let methods = self.methods.as_ref().map_err(Clone::clone)?;
-        interpreter::keep_thread_state();
-        Python::attach(|py| self.run(py, methods, request).map_err(|err| self.semantics.describe(py, err)))
+    /// Performs `request` (the client's request `id`, when known, so that
+    /// it can be cancelled), describing every failure, a panic included, as data.
+    fn perform(&self, id: Option<RequestId>, request: Request) -> Result<Value, RemoteException> {
+        let op = request.name();
+        catch_unwind(AssertUnwindSafe(|| {
+            let methods = self.methods.as_ref().map_err(Clone::clone)?;
+            interpreter::keep_thread_state();
+            Python::attach(|py| {
+                let started = id.map(|id| self.started(id));
+                let result = self.run(py, methods, request).map_err(|err| self.semantics.describe(py, err));
+                if let Some(started) = started {
+                    self.finished(started);
+                }
+                result
+            })
+        }))
+        .unwrap_or_else(|panic| {
+            let e = farcall_core::evaluator::panicked(op, &*panic);
+            tracing::error!(session = self.id, op, error = %e.message, "the embedded evaluator panicked");
+            Err(e)
+        })
     }
 
     fn run(&self, py: Python<'_>, m: &Methods, request: Request) -> PyResult<Value> {
@@ -261,13 +274,11 @@ impl EmbeddedSession {
 
 impl EvalSession for EmbeddedSession {
     fn evaluate(&self, request: Request) -> Result<Value, RemoteException> {
-        let op = request.name();
-        catch_unwind(AssertUnwindSafe(|| self.perform(request))).unwrap_or_else(|panic| self.panicked(op, panic))
+        self.perform(None, request)
     }
 
     fn evaluate_request(&self, id: RequestId, request: Request) -> Result<Value, RemoteException> {
-        let op = request.name();
-        catch_unwind(AssertUnwindSafe(|| self.perform_request(id, request))).unwrap_or_else(|panic| self.panicked(op, panic))
+        self.perform(Some(id), request)
     }
 
     /// Raises `TimeoutError` in the Python code performing request `id`, at
@@ -280,11 +291,12 @@ impl EvalSession for EmbeddedSession {
         }
         interpreter::keep_thread_state();
         Python::attach(|_py| {
-            let running = self.running();
-            let Some(&thread) = running.threads.get(&id) else { return };
+            let mut running = self.running();
+            let Some(&(thread, _)) = running.threads.get(&id) else { return };
             if running.innermost.get(&thread) != Some(&id) {
                 return;
             }
+            running.threads.insert(id, (thread, true));
             tracing::debug!(session = self.id, request = id, "cancelling a request: raising TimeoutError in its Python code");
             // SAFETY: attached; the exception type is a borrowed static.
             unsafe { pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, pyo3::ffi::PyExc_TimeoutError) };

@@ -295,13 +295,9 @@ impl SubprocessSession {
     fn perform(&self, id: Option<RequestId>, request: Request) -> Result<Value, RemoteException> {
         let op = request.name();
         catch_unwind(AssertUnwindSafe(|| self.worker.evaluate(id, request))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(session = self.id, op, panic = %what, "the subprocess evaluator panicked");
-            Err(RemoteException::new("farcall", "InternalError", format!("the server's evaluator failed on {op}: {what}")))
+            let e = farcall_core::evaluator::panicked(op, &*panic);
+            tracing::error!(session = self.id, op, error = %e.message, "the subprocess evaluator panicked");
+            Err(e)
         })
     }
 }
