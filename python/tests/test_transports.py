@@ -4,9 +4,11 @@ client's identity in the server's log."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -265,3 +267,28 @@ def test_the_server_log_names_the_client_identity(server: Server, tls_material: 
                 f"no `session opened ... ({tls_material.client_name})` line\n{server.describe()}"
             )
             time.sleep(0.01)
+
+
+def test_a_forked_child_connects_and_calls_after_its_parent_did(server: Server) -> None:
+    """A closed QUIC connection leaves its endpoint and runtime for the next connection of the
+    process; a forked child inherits that stock but not the runtime's threads, so it must make its
+    own rather than wait forever on its parent's (on every transport a child must be able to connect)."""
+    conn = finishes(server.connect)
+    assert conn.modules.operator.add(1, 2) == 3
+    conn.close()
+    del conn  # dropped: its endpoint joins the stock
+    gc.collect()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if it connected and called
+        code = 1
+        try:
+            signal.alarm(int(PROMPT_S))  # a hang ends the child, not the test run
+            with server.connect() as child_conn:
+                code = 0 if child_conn.modules.operator.add(2, 3) == 5 else 2
+        finally:
+            os._exit(code)
+    _, status = finishes(os.waitpid, pid, 0, within=PROMPT_S + 5)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (
+        f"the forked child could not connect and call: wait status {status:#x} "
+        f"({'killed by signal ' + str(os.WTERMSIG(status)) if os.WIFSIGNALED(status) else 'exited'})"
+    )

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,12 +14,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use farcall_core::codec::peek_route;
 use farcall_core::{Connection, Frame, PeerInfo, RequestId, Route, TransportError};
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{ConnectError, ConnectionError, Endpoint, EndpointConfig, RecvStream, SendStream, VarInt, WriteError};
+use quinn::{ConnectError, ConnectionError, Endpoint, RecvStream, SendStream, VarInt, WriteError};
 use rustls_pki_types::CertificateDer;
 
-use crate::drive::{Driver, DriverUse};
+use crate::drive::DriverUse;
 use crate::reader::{BufferPool, Cell, HeadEnd, Hub, Kind, Reader, BARRIER_LEN};
-use crate::{connection_error, in_async_context, lock, size_socket_buffers, transport_config, ALPN};
+use crate::reuse::Reusable;
+use crate::{connection_error, in_async_context, lock, transport_config, ALPN};
 
 /// Chunks shorter than this are copied together with the length prefixes
 /// into one buffer; longer ones are handed to quinn as they are (no copy).
@@ -88,8 +89,9 @@ pub struct QuicConnection {
     /// The last call or reply stream written, for `shutdown` to wait on.
     last_stream: Mutex<Option<(Instant, SendStream)>>,
     replies: Mutex<HashMap<RequestId, Arc<ReplySlot>>>,
-    /// A connection made by `connect` owns its endpoint (its UDP socket).
-    _endpoint: Option<Endpoint>,
+    /// A connection made by `connect` holds its client endpoints (its UDP
+    /// socket) until it is dropped, then they serve a later connection.
+    client: Option<Reusable>,
     /// The runtime its I/O runs on (last: dropped after everything else).
     driver: DriverUse,
 }
@@ -143,21 +145,19 @@ impl QuicConnection {
             .map_err(|e| TransportError::Config(format!("the TLS client configuration cannot be used for QUIC: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport_config());
-        let driver = Driver::start()?;
+        let mut client = Reusable::take()?;
+        let driver = client.side().driver.clone();
+        let mut endpoints = Vec::with_capacity(targets.len());
+        for &target in &targets {
+            endpoints.push(client.side().endpoint(target.is_ipv4(), &context));
+        }
 
-        let attempt = |target: SocketAddr| {
-            let quinn_runtime = driver.quinn_runtime();
+        let attempt = |target: SocketAddr, endpoint: Result<Endpoint, TransportError>| {
             let config = config.clone();
             let name = server_name.to_owned();
             let context = context.clone();
             async move {
-                let local: SocketAddr =
-                    if target.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-                let socket =
-                    std::net::UdpSocket::bind(local).map_err(|e| TransportError::io(format!("{context}: binding a UDP socket"), e))?;
-                size_socket_buffers(&socket);
-                let endpoint = Endpoint::new(EndpointConfig::default(), None, socket, quinn_runtime)
-                    .map_err(|e| TransportError::io(format!("{context}: starting a QUIC endpoint"), e))?;
+                let endpoint = endpoint?;
                 let connecting = endpoint.connect_with(config, target, &name).map_err(|e| match e {
                     ConnectError::InvalidServerName(n) => TransportError::Config(format!(
                         "`{n}` cannot be used as a server name: give the DNS name or IP address the server's certificate is for"
@@ -168,13 +168,13 @@ impl QuicConnection {
                     ConnectionError::TimedOut => no_answer(&context, crate::MAX_IDLE_TIMEOUT),
                     e => connection_error(&e, "server", &context),
                 })?;
-                Ok::<_, TransportError>((endpoint, conn))
+                Ok::<_, TransportError>(conn)
             }
         };
         let race = async {
             let mut attempts = tokio::task::JoinSet::new();
-            for t in targets {
-                attempts.spawn(attempt(t));
+            for (t, endpoint) in targets.into_iter().zip(endpoints) {
+                attempts.spawn(attempt(t, endpoint));
             }
             let mut error = None;
             while let Some(joined) = attempts.join_next().await {
@@ -196,24 +196,20 @@ impl QuicConnection {
             }
             Err(error.unwrap_or(TransportError::Closed))
         };
-        let (endpoint, conn) = driver.driver().block_on(async {
+        let conn = driver.driver().block_on(async {
             match timeout {
                 None => race.await,
                 Some(t) => tokio::time::timeout(t, race).await.unwrap_or_else(|_| Err(no_answer(&context, t))),
             }
         })?;
-        Ok(QuicConnection::establish(conn, Some(endpoint), driver, max_frame, "server"))
+        let mut made = QuicConnection::establish(conn, driver, max_frame, "server");
+        made.client = Some(client);
+        made.set_max_retained_buffer(DEFAULT_MAX_RETAINED);
+        Ok(made)
     }
 
     /// Wraps an established quinn connection.
-    pub(crate) fn establish(
-        conn: quinn::Connection,
-        endpoint: Option<Endpoint>,
-        driver: DriverUse,
-        max_frame: usize,
-        peer_role: &'static str,
-    ) -> QuicConnection {
-        let max_retained = if endpoint.is_some() { DEFAULT_MAX_RETAINED } else { SERVER_MAX_RETAINED };
+    pub(crate) fn establish(conn: quinn::Connection, driver: DriverUse, max_frame: usize, peer_role: &'static str) -> QuicConnection {
         let identity = conn
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -228,7 +224,7 @@ impl QuicConnection {
                 accept_bi: Some(accept_bi(&conn)),
                 accept_uni: Some(accept_uni(&conn)),
                 terminal: None,
-                pool: BufferPool::new(max_retained),
+                pool: BufferPool::new(SERVER_MAX_RETAINED),
             }),
             context: format!("quic://{address}"),
             peer: PeerInfo { transport: "quic", address, identity },
@@ -243,7 +239,7 @@ impl QuicConnection {
             oneway_written_at: Mutex::new(None),
             last_stream: Mutex::new(None),
             replies: Mutex::new(HashMap::new()),
-            _endpoint: endpoint,
+            client: None,
             driver,
         }
     }

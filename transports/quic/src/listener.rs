@@ -59,7 +59,7 @@ impl QuicListener {
                 tokio::spawn(async move {
                     let from: SocketAddr = incoming.remote_address();
                     let accepted = match incoming.await {
-                        Ok(conn) => Ok(QuicConnection::establish(conn, None, driver, max_frame, "client")),
+                        Ok(conn) => Ok(QuicConnection::establish(conn, driver, max_frame, "client")),
                         Err(e) => Err(match connection_error(&e, "client", &format!("QUIC handshake with {from}")) {
                             TransportError::Closed => TransportError::io(
                                 format!("QUIC handshake with {from}"),

@@ -63,9 +63,14 @@ pub enum TlsError {
 /// The ALPN protocol name of farcall over TLS and QUIC.
 pub const ALPN: &[u8] = b"farcall/1";
 
-/// The crypto provider farcall uses everywhere (ring).
+/// The crypto provider farcall uses everywhere (ring), preferring
+/// AES-128-GCM with SHA-256 (TLS 1.3's mandatory suite) to ring's default
+/// first choice AES-256-GCM with SHA-384.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+    Arc::new(provider)
 }
 
 /// A certificate and its private key, as PEM text.
