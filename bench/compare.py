@@ -1140,6 +1140,10 @@ def print_transport_table(results: dict[str, TransportResult | str]) -> None:
         )
     else:
         print("quic://: not available, so nothing to set against the reference")
+    print(
+        "raw quinn itself, measured like-for-like on this machine (server in another process, the same mutual TLS): "
+        "`cargo bench -p farcall-transport-quic`"
+    )
     print("'connect' is farcall.connect(): TCP/UDP set-up, TLS or QUIC handshake and the farcall handshake (close() untimed).")
 
 

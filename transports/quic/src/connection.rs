@@ -134,6 +134,11 @@ impl QuicConnection {
         timeout: Option<Duration>,
         max_frame: usize,
     ) -> Result<QuicConnection, TransportError> {
+        // First, so that the keeper of a reused runtime hands it over while
+        // the rest is prepared.
+        let mut client = Reusable::take()?;
+        let driver = client.side().driver.clone();
+        driver.driver().expect_caller();
         let context = format!("connecting to quic://{addr}");
         let targets: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| TransportError::io(format!("resolving {addr}"), e))?.collect();
         if targets.is_empty() {
@@ -145,8 +150,6 @@ impl QuicConnection {
             .map_err(|e| TransportError::Config(format!("the TLS client configuration cannot be used for QUIC: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(transport_config());
-        let mut client = Reusable::take()?;
-        let driver = client.side().driver.clone();
         let mut endpoints = Vec::with_capacity(targets.len());
         for &target in &targets {
             endpoints.push(client.side().endpoint(target.is_ipv4(), &context));

@@ -89,6 +89,9 @@ struct State {
     reply_waiters: usize,
     /// The keeper should drive as soon as no caller does (see [`Driver::idle_now`]).
     drive_now: bool,
+    /// Until when the keeper leaves the runtime free for a caller about to
+    /// come in (see [`Driver::expect_caller`]).
+    caller_due: Option<Instant>,
 }
 
 /// A handle on a [`Driver`] that keeps its keeper alive.
@@ -116,6 +119,7 @@ impl Driver {
                 reply_due: None,
                 reply_waiters: 0,
                 drive_now: false,
+                caller_due: None,
             }),
             changed: Condvar::new(),
             replied: Condvar::new(),
@@ -157,6 +161,14 @@ impl Driver {
                         }
                         continue;
                     }
+                    if let Some(due) = st.caller_due {
+                        let now = Instant::now();
+                        if now < due {
+                            st = self.changed.wait_timeout(st, due - now).unwrap_or_else(|p| p.into_inner()).0;
+                            continue;
+                        }
+                        st.caller_due = None;
+                    }
                     let idle = st.last_exit.elapsed();
                     if idle >= GRACE || st.drive_now {
                         st.drive_now = false;
@@ -170,7 +182,7 @@ impl Driver {
                 loop {
                     {
                         let st = lock(&self.state);
-                        if st.callers > 0 || st.users == 0 {
+                        if st.callers > 0 || st.users == 0 || st.caller_due.is_some() {
                             return;
                         }
                     }
@@ -199,6 +211,7 @@ impl Driver {
         {
             let mut st = lock(&self.state);
             st.callers += 1;
+            st.caller_due = None;
             if st.keeper_driving {
                 self.release.notify_one();
             }
@@ -244,6 +257,23 @@ impl Driver {
         drop(st);
         if wake {
             self.replied.notify_all();
+        }
+    }
+
+    /// A caller is about to come in (a new connection is being made, or was
+    /// just accepted and its thread is starting): the keeper stops driving
+    /// now, and for up to [`GRACE`] leaves the runtime free, so that the
+    /// caller takes it at once instead of waiting for the keeper to be woken
+    /// and hand it over (two thread wake-ups on the connection's set-up
+    /// path). Packets arriving meanwhile wait in the socket for the caller.
+    pub(crate) fn expect_caller(&self) {
+        let mut st = lock(&self.state);
+        if st.callers > 0 {
+            return;
+        }
+        st.caller_due = Some(Instant::now() + GRACE);
+        if st.keeper_driving {
+            self.release.notify_one();
         }
     }
 

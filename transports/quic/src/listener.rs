@@ -59,7 +59,11 @@ impl QuicListener {
                 tokio::spawn(async move {
                     let from: SocketAddr = incoming.remote_address();
                     let accepted = match incoming.await {
-                        Ok(conn) => Ok(QuicConnection::establish(conn, driver, max_frame, "client")),
+                        Ok(conn) => {
+                            // Its thread will come in to read the handshake.
+                            driver.driver().expect_caller();
+                            Ok(QuicConnection::establish(conn, driver, max_frame, "client"))
+                        }
                         Err(e) => Err(match connection_error(&e, "client", &format!("QUIC handshake with {from}")) {
                             TransportError::Closed => TransportError::io(
                                 format!("QUIC handshake with {from}"),
