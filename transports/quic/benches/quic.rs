@@ -183,6 +183,32 @@ fn start_server_process(kind: &str, dir: &Path) -> (Child, String) {
     (child, line.trim().to_owned())
 }
 
+/// Times 50 connections to `addr` (each dropped), then returns one more.
+fn farcall_handshakes(addr: &str, cc: &Arc<rustls::ClientConfig>, s: &mut Samples) -> QuicConnection {
+    let connect = || QuicConnection::connect(addr, "localhost", cc.clone(), None, 64 << 20).unwrap();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let c = connect();
+        s.handshake.push(t.elapsed());
+        drop(c);
+    }
+    connect()
+}
+
+/// Raw quinn calls from this thread, each blocking on `rt` until its reply is read.
+fn raw_round(rt: &tokio::runtime::Runtime, conn: &quinn::Connection, iters: usize, s: &mut Samples) {
+    for _ in 0..iters {
+        let t = Instant::now();
+        rt.block_on(raw_call(conn, b"ping"));
+        s.rtt.push(t.elapsed());
+    }
+    for _ in 0..BULK_PER_ROUND {
+        let t = Instant::now();
+        assert_eq!(rt.block_on(raw_call(conn, b"big")), BIG);
+        s.bulk.push(t.elapsed());
+    }
+}
+
 fn main() {
     if let Ok(kind) = std::env::var(SERVE_ENV) {
         return serve_process(&kind);
@@ -212,13 +238,7 @@ fn main() {
     let (farcall_child, faddr) = start_server_process("farcall", &dir);
     let (raw_child, raddr_proc) = start_server_process("raw", &dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    for _ in 0..50 {
-        let t = Instant::now();
-        let c = QuicConnection::connect(&faddr, "localhost", cc.clone(), None, 64 << 20).unwrap();
-        quic_proc.handshake.push(t.elapsed());
-        drop(c);
-    }
-    let quic_proc_conn = QuicConnection::connect(&faddr, "localhost", cc.clone(), None, 64 << 20).unwrap();
+    let quic_proc_conn = farcall_handshakes(&faddr, &cc, &mut quic_proc);
     // Raw quinn's client: one current-thread runtime, driven by this thread.
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let proc_client_ep = {
@@ -250,13 +270,7 @@ fn main() {
             }
         });
     }
-    for _ in 0..50 {
-        let t = Instant::now();
-        let c = QuicConnection::connect(&addr, "localhost", cc.clone(), None, 64 << 20).unwrap();
-        quic.handshake.push(t.elapsed());
-        drop(c);
-    }
-    let quic_conn = QuicConnection::connect(&addr, "localhost", cc.clone(), None, 64 << 20).unwrap();
+    let quic_conn = farcall_handshakes(&addr, &cc, &mut quic);
 
     // farcall over TCP.
     let listener = farcall_transport_tcp::TcpListener::bind("127.0.0.1:0", 64 << 20).unwrap();
@@ -326,28 +340,10 @@ fn main() {
 
     for _ in 0..ROUNDS {
         farcall_round(&quic_proc_conn, per_round, &mut quic_proc);
-        for _ in 0..per_round {
-            let t = Instant::now();
-            client_rt.block_on(raw_call(&raw_proc_conn, b"ping"));
-            raw_proc.rtt.push(t.elapsed());
-        }
-        for _ in 0..BULK_PER_ROUND {
-            let t = Instant::now();
-            assert_eq!(client_rt.block_on(raw_call(&raw_proc_conn, b"big")), BIG);
-            raw_proc.bulk.push(t.elapsed());
-        }
+        raw_round(&client_rt, &raw_proc_conn, per_round, &mut raw_proc);
         farcall_round(&quic_conn, per_round, &mut quic);
         farcall_round(&tcp_conn, per_round, &mut tcp);
-        for _ in 0..per_round {
-            let t = Instant::now();
-            rt.block_on(raw_call(&blocking_conn, b"ping"));
-            raw_blocking.rtt.push(t.elapsed());
-        }
-        for _ in 0..BULK_PER_ROUND {
-            let t = Instant::now();
-            assert_eq!(rt.block_on(raw_call(&blocking_conn, b"big")), BIG);
-            raw_blocking.bulk.push(t.elapsed());
-        }
+        raw_round(&rt, &blocking_conn, per_round, &mut raw_blocking);
         let conn = async_conn.clone();
         let (rtts, bulks) = rt.block_on(async move {
             tokio::spawn(async move {
