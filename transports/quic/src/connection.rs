@@ -91,7 +91,7 @@ pub struct QuicConnection {
     replies: Mutex<HashMap<RequestId, Arc<ReplySlot>>>,
     /// A connection made by `connect` holds its client endpoints (its UDP
     /// socket) until it is dropped, then they serve a later connection.
-    client: Option<Reusable>,
+    _client: Option<Reusable>,
     /// The runtime its I/O runs on (last: dropped after everything else).
     driver: DriverUse,
 }
@@ -205,14 +205,19 @@ impl QuicConnection {
                 Some(t) => tokio::time::timeout(t, race).await.unwrap_or_else(|_| Err(no_answer(&context, t))),
             }
         })?;
-        let mut made = QuicConnection::establish(conn, driver, max_frame, "server");
-        made.client = Some(client);
-        made.set_max_retained_buffer(DEFAULT_MAX_RETAINED);
-        Ok(made)
+        Ok(QuicConnection::establish(conn, Some(client), driver, max_frame, "server"))
     }
 
-    /// Wraps an established quinn connection.
-    pub(crate) fn establish(conn: quinn::Connection, driver: DriverUse, max_frame: usize, peer_role: &'static str) -> QuicConnection {
+    /// Wraps an established quinn connection (`client`: the endpoints of
+    /// one made by `connect`, `None` for an accepted one).
+    pub(crate) fn establish(
+        conn: quinn::Connection,
+        client: Option<Reusable>,
+        driver: DriverUse,
+        max_frame: usize,
+        peer_role: &'static str,
+    ) -> QuicConnection {
+        let max_retained = if client.is_some() { DEFAULT_MAX_RETAINED } else { SERVER_MAX_RETAINED };
         let identity = conn
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -227,7 +232,7 @@ impl QuicConnection {
                 accept_bi: Some(accept_bi(&conn)),
                 accept_uni: Some(accept_uni(&conn)),
                 terminal: None,
-                pool: BufferPool::new(SERVER_MAX_RETAINED),
+                pool: BufferPool::new(max_retained),
             }),
             context: format!("quic://{address}"),
             peer: PeerInfo { transport: "quic", address, identity },
@@ -242,7 +247,7 @@ impl QuicConnection {
             oneway_written_at: Mutex::new(None),
             last_stream: Mutex::new(None),
             replies: Mutex::new(HashMap::new()),
-            client: None,
+            _client: client,
             driver,
         }
     }

@@ -62,7 +62,7 @@ impl QuicListener {
                         Ok(conn) => {
                             // Its thread will come in to read the handshake.
                             driver.driver().expect_caller();
-                            Ok(QuicConnection::establish(conn, driver, max_frame, "client"))
+                            Ok(QuicConnection::establish(conn, None, driver, max_frame, "client"))
                         }
                         Err(e) => Err(match connection_error(&e, "client", &format!("QUIC handshake with {from}")) {
                             TransportError::Closed => TransportError::io(
