@@ -183,6 +183,16 @@ pub fn text(s: &str) -> Value {
 }
 
 /// `(live objects, exported total)` of a session.
+/// Asserts that `b` holds nothing and cannot reach an object made in `a`
+/// (a session's object ids mean nothing in another).
+pub fn assert_sessions_apart(a: &dyn EvalSession, b: &dyn EvalSession) {
+    let builtins_a = module(a, "builtins");
+    let list = reference(call(a, &builtins_a, "list", vec![]).unwrap());
+    assert_eq!(stats(b), (0, 0));
+    let e = b.evaluate(Request::Repr { target: Target::object(list.id) }).unwrap_err();
+    assert_eq!(e.qualified_type(), "farcall.ProtocolError");
+}
+
 pub fn stats(s: &dyn EvalSession) -> (i64, i64) {
     match s.evaluate(Request::Stats).expect("stats") {
         Value::Tuple(v) => match v.as_slice() {

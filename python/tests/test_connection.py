@@ -161,14 +161,17 @@ def test_the_python_is_the_one_the_backend_uses(
 
 # -- losing the server ---------------------------------------------------------
 
-
-@pytest.mark.backend_transports(
+# Which runs the killed-server tests need beyond the embedded backend's on every transport.
+KILLED_SERVER_RUNS = pytest.mark.backend_transports(
     "subprocess",
     "tcp",
     "tls",
     reason="over QUIC a killed server is noticed at the 8 s idle timeout, a transport matter the embedded run covers;"
     " what the subprocess run adds (workers end with their server) does not depend on the transport",
 )
+
+
+@KILLED_SERVER_RUNS
 def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -> None:
     srv = start_extra_server()
     conn = srv.connect()
@@ -185,13 +188,7 @@ def test_server_killed_during_sleep_raises_connection_lost(start_extra_server) -
         finishes(conn.close)
 
 
-@pytest.mark.backend_transports(
-    "subprocess",
-    "tcp",
-    "tls",
-    reason="over QUIC a killed server is noticed at the 8 s idle timeout, a transport matter the embedded run covers;"
-    " what the subprocess run adds (workers end with their server) does not depend on the transport",
-)
+@KILLED_SERVER_RUNS
 def test_server_killed_mid_call_raises_connection_lost(start_extra_server) -> None:
     """The call is provably running on the server (it reached our endpoint) when the server dies."""
     srv = start_extra_server()

@@ -9,7 +9,15 @@ use std::time::{Duration, Instant};
 
 use farcall_client::{Client, ClientError, FnHandler, Remote, RemoteObject};
 use farcall_core::RemoteException;
-use farcall_tests::{per_case, Backend, Case, Transport};
+use farcall_tests::{per_case, Backend, Case, TestServer, Transport};
+
+/// A client of `server` whose callbacks a fresh [`FnHandler`] serves.
+fn handled_client(server: &TestServer) -> (Client, Arc<FnHandler>) {
+    let client = server.client();
+    let handler = Arc::new(FnHandler::new());
+    client.set_handler(handler.clone());
+    (client, handler)
+}
 
 fn int(r: Remote) -> i64 {
     r.extract().unwrap_or_else(|e| panic!("expected an int: {e}"))
@@ -148,9 +156,7 @@ fn calls(h: &FnHandler, counter: Arc<AtomicUsize>) -> Remote {
 
 fn the_server_calls_back_into_rust(c: Case) {
     let server = c.server();
-    let client = server.client();
-    let handler = Arc::new(FnHandler::new());
-    client.set_handler(handler.clone());
+    let (client, handler) = handled_client(&server);
     let counter = Arc::new(AtomicUsize::new(0));
     let twice = calls(&handler, counter.clone());
     client.execute("def apply_all(f, items):\n    return [f(i) for i in items]\n").unwrap();
@@ -174,9 +180,7 @@ fn the_server_calls_back_into_rust(c: Case) {
 
 fn nested_callbacks_go_both_ways(c: Case) {
     let server = c.server();
-    let client = server.client();
-    let handler = Arc::new(FnHandler::new());
-    client.set_handler(handler.clone());
+    let (client, handler) = handled_client(&server);
     client.execute("def ping(f, n):\n    return ['server', n] + (list(f(n - 1)) if n > 0 else [])\n").unwrap();
     let ping: RemoteObject = client.eval("ping").unwrap().extract().unwrap();
     let me: Arc<std::sync::Mutex<Option<u64>>> = Arc::default();
@@ -217,9 +221,7 @@ fn nested_callbacks_go_both_ways(c: Case) {
 
 fn the_server_calls_back_between_calls(c: Case) {
     let server = c.server();
-    let client = server.client();
-    let handler = Arc::new(FnHandler::new());
-    client.set_handler(handler.clone());
+    let (client, handler) = handled_client(&server);
     let counter = Arc::new(AtomicUsize::new(0));
     let twice = calls(&handler, counter.clone());
     client
